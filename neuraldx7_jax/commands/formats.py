@@ -1,0 +1,1 @@
+"""Format and dataset commands: info, dataset build, dataset info."""
