@@ -4,9 +4,16 @@ Canonical order is the 155-value unpacked order of the single-voice dump
 (operator 6 first), see docs of the DX7 and `../shared/docs/dx7-format.md`.
 Knows nothing of JAX.
 """
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from neuraldx7_jax.errors import Error
 
 N_PARAMS = 155  # values of an unpacked voice
 N_VALUES = 128  # every value is a 7-bit number
@@ -72,3 +79,215 @@ def is_valid(voices):
     """(N, 155) -> (N,) bool: every field inside its DX7 range."""
     voices = np.asarray(voices)
     return np.all(voices <= MAX, axis=-1)
+
+
+def out_of_range(voice):
+    """(155,) -> names and values of the fields outside their range, e.g. ["OP6 DET=15"]."""
+    voice = np.asarray(voice)
+    return [f"{PARAMS[i].name}={voice[i]}" for i in np.flatnonzero(voice > MAX)]
+
+
+def clamp(voices):
+    """(..., 155) -> the same voices with every field clamped into its range."""
+    return np.minimum(np.asarray(voices), MAX).astype(np.uint8)
+
+
+def voice_name(voice):
+    """The 10 name characters as printable ASCII (others become spaces), trailing spaces removed."""
+    codes = np.asarray(voice)[NAME] & 0x7F
+    return "".join(chr(c) if 32 <= c < 127 else " " for c in codes).rstrip()
+
+
+def _as_voices(voices):
+    voices = np.asarray(voices)
+    if voices.ndim != 2 or voices.shape[1] != N_PARAMS:
+        raise Error(f"expected voices of shape (N, {N_PARAMS}), got {voices.shape}")
+    if voices.size and (voices.min() < 0 or voices.max() >= N_VALUES):
+        raise Error("voice values must be in 0..127")
+    return voices.astype(np.uint8)
+
+
+def pack(voices):
+    """(N, 155) -> (N, 128) uint8 packed voices; each field is cut to its bit width, unused bits clear."""
+    voices = _as_voices(voices)
+    packed = np.zeros((len(voices), PACKED_SIZE), np.uint8)
+    for p in PARAMS:
+        packed[:, p.byte] |= (voices[:, p.index] & ((1 << p.bits) - 1)) << p.shift
+    return packed
+
+
+def unpack(packed):
+    """(N, 128) -> (N, 155) uint8; bit 7 and the unused bits are ignored, as the DX7 does."""
+    packed = np.asarray(packed, np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != PACKED_SIZE:
+        raise Error(f"expected packed voices of shape (N, {PACKED_SIZE}), got {packed.shape}")
+    voices = np.empty((len(packed), N_PARAMS), np.uint8)
+    for p in PARAMS:
+        voices[:, p.index] = (packed[:, p.byte] >> p.shift) & ((1 << p.bits) - 1)
+    return voices
+
+
+BULK_HEADER = bytes([0xF0, 0x43, 0x00, 0x09, 0x20, 0x00])  # + channel in byte 2
+SINGLE_HEADER = bytes([0xF0, 0x43, 0x00, 0x00, 0x01, 0x1B])
+BULK_SIZE = 4104
+SINGLE_SIZE = 163
+BANK_SIZE = 32 * PACKED_SIZE  # 4096 data bytes of a bulk dump
+_HEADER = re.compile(rb"\xf0\x43[\x00-\x0f](?:\x09\x20\x00|\x00\x01\x1b)")
+
+
+class FormatError(Error):
+    """A file (or message) holds no readable DX7 voice."""
+
+
+class FormatWarning(UserWarning):
+    """A problem in a DX7 file that does not stop its voices being read."""
+
+
+class ChecksumWarning(FormatWarning):
+    """A message's checksum is wrong or missing; its voices are kept unless strict."""
+
+
+def checksum(data):
+    """The DX7 SysEx checksum of the data bytes: (-(sum)) & 0x7F."""
+    return -int(np.frombuffer(bytes(data), np.uint8).sum(dtype=np.int64)) & 0x7F
+
+
+def _message(header, data, channel):
+    if not 0 <= channel <= 15:
+        raise Error(f"MIDI channel must be 0..15, got {channel}")
+    return header[:2] + bytes([channel]) + header[3:] + data + bytes([checksum(data), 0xF7])
+
+
+def cartridge_message(voices, channel=0):
+    """(32, 155) -> the 4104-byte 32-voice bulk dump."""
+    voices = _as_voices(voices)
+    if len(voices) != 32:
+        raise Error(f"a cartridge holds 32 voices, got {len(voices)}")
+    return _message(BULK_HEADER, pack(voices).tobytes(), channel)
+
+
+def single_voice_message(voice, channel=0):
+    """(155,) -> the 163-byte single-voice dump."""
+    return _message(SINGLE_HEADER, _as_voices(np.reshape(voice, (1, -1)))[0].tobytes(), channel)
+
+
+def _parse_sysex(data, source):
+    """Every DX7 voice message in `data`: (voices, checksum_ok per voice, [(warning class, text)])."""
+    chunks, ok, problems = [], [], []
+    pos, k = 0, 0
+    while match := _HEADER.search(data, pos):
+        i, k = match.start(), k + 1
+        where = f"{source}: message {k} at byte {i}"
+        single = data[i + 3] == 0x00
+        n = N_PARAMS if single else BANK_SIZE
+        following = _HEADER.search(data, i + 1)
+        limit = following.start() if following else len(data)
+        start = i + len(BULK_HEADER)
+        if start + n > limit:
+            problems.append((FormatWarning, f"{where}: truncated, {limit - start} of {n} data bytes"))
+            pos = limit
+            continue
+        body = data[start:start + n]
+        tail = data[start + n:min(start + n + 2, limit)]
+        good = True
+        if not tail or tail[0] == 0xF7:
+            problems.append((ChecksumWarning, f"{where}: no checksum"))
+            good = False
+        elif tail[0] != checksum(body):
+            problems.append((ChecksumWarning, f"{where}: checksum {tail[0]:#04x}, expected {checksum(body):#04x}"))
+            good = False
+        elif len(tail) < 2 or tail[1] != 0xF7:
+            problems.append((FormatWarning, f"{where}: no F7 after the checksum"))
+        pos = start + n
+        raw = np.frombuffer(body, np.uint8)
+        voices = raw[None] & 0x7F if single else unpack(raw.reshape(32, PACKED_SIZE))
+        chunks.append(voices)
+        ok.append(np.full(len(voices), good))
+    if not chunks:
+        return np.zeros((0, N_PARAMS), np.uint8), np.zeros(0, bool), problems
+    return np.concatenate(chunks), np.concatenate(ok), problems
+
+
+def _parse(data, source):
+    """(voices, checksum_ok, problems) of a whole file's bytes; no voices means unreadable."""
+    none = np.zeros((0, N_PARAMS), np.uint8), np.zeros(0, bool)
+    if not data:
+        return *none, [(FormatError, f"{source}: empty file")]
+    suffix = Path(str(source)).suffix.lower()
+    if _HEADER.match(data) or suffix != ".bin" and (data[0] == 0xF0 or _HEADER.search(data)):
+        voices, ok, problems = _parse_sysex(data, source)
+        if len(voices) or problems:
+            return voices, ok, problems
+        if len(data) != BANK_SIZE:
+            return *none, [(FormatError, f"{source}: no DX7 voice message in this SysEx data")]
+    if len(data) == BANK_SIZE or len(data) % PACKED_SIZE == 0 and suffix != ".syx":
+        voices = unpack(np.frombuffer(data, np.uint8).reshape(-1, PACKED_SIZE))
+        return voices, np.ones(len(voices), bool), []
+    return *none, [(FormatError, f"{source}: not DX7 data ({len(data)} bytes, no DX7 SysEx message, "
+                                 f"not a whole number of 128-byte packed voices)")]
+
+
+def parse(data, source="<bytes>", strict=False):
+    """Like `load`, for bytes in memory; `source` names them in messages (its suffix counts, as in `load`)."""
+    voices, ok, problems = _parse(bytes(data), source)
+    if not len(voices):
+        raise FormatError("; ".join(text for _, text in problems))
+    for kind, text in problems:
+        warnings.warn(text, kind, stacklevel=3)
+    return voices[ok] if strict else voices
+
+
+def load(path, strict=False):
+    """Every voice of a .syx (bulk and single dumps, any channel), headerless bank or compact .bin.
+
+    Returns (N, 155) uint8, valid or not. Raises FormatError when the file yields no voice;
+    other problems are FormatWarning / ChecksumWarning. strict drops voices with a bad checksum.
+    """
+    return parse(Path(path).read_bytes(), path, strict)
+
+
+def read_file(path, strict=False):
+    """Like `load`, never raising: (voices (N, 155) uint8, problems as text); N = 0 when unreadable."""
+    try:
+        voices, ok, problems = _parse(Path(path).read_bytes(), path)
+    except OSError as e:
+        return np.zeros((0, N_PARAMS), np.uint8), [f"{path}: {e.strerror or e}"]
+    return (voices[ok] if strict else voices), [text for _, text in problems]
+
+
+def parse_single_voice(message):
+    """A 163-byte single-voice dump -> (155,) uint8 (only masked to 7 bits); a bad checksum warns."""
+    message = bytes(message)
+    if len(message) != SINGLE_SIZE or not _HEADER.match(message) or message[3] != 0x00:
+        raise FormatError(f"not a DX7 single-voice message ({len(message)} bytes)")
+    return parse(message, "<single voice>")[0]
+
+
+def write_atomic(path, data):
+    """Writes `data` to `path` through a temporary file in the same directory: all or nothing."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_cartridge(path, voices, channel=0):
+    """Writes N = 32, 64, ... voices as N / 32 concatenated 4104-byte bulk dumps."""
+    voices = _as_voices(voices)
+    if not len(voices) or len(voices) % 32:
+        raise Error(f"{path}: a cartridge holds 32 voices; got {len(voices)}, not a multiple of 32")
+    write_atomic(path, b"".join(cartridge_message(voices[i:i + 32], channel)
+                                for i in range(0, len(voices), 32)))
+
+
+def save_single_voice(path, voice, channel=0):
+    """Writes one voice as a 163-byte single-voice dump."""
+    write_atomic(path, single_voice_message(voice, channel))

@@ -1,1 +1,86 @@
 """Format and dataset commands: info, dataset build, dataset info."""
+import warnings
+from collections import Counter
+
+from neuraldx7_jax import data, dx7
+from neuraldx7_jax.cli import command
+
+
+@command("info", "List the voices of a DX7 file (.syx, headerless bank or compact .bin).")
+def info(parser):
+    parser.description = (
+        "List every voice of a DX7 file: number, name, algorithm (1-32), whether all 155 fields "
+        "are in range and, if not, which fields are out of range. Problems in the file (bad "
+        "checksums, truncated messages) are printed as warnings.")
+    parser.add_argument("file", metavar="FILE", help="a .syx file, a headerless 4096-byte bank or a compact .bin")
+    parser.add_argument("--strict", action="store_true", help="drop voices whose message has a bad checksum")
+
+    def run(args):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", dx7.FormatWarning)
+            voices = dx7.load(args.file, strict=args.strict)
+        valid = dx7.is_valid(voices)
+        print(f"{args.file}: {len(voices)} voices, {valid.sum()} valid")
+        for n, (voice, ok) in enumerate(zip(voices, valid), 1):
+            bad = "" if ok else "  out of range: " + ", ".join(dx7.out_of_range(voice))
+            print(f"{n:4d}  {dx7.voice_name(voice):10s}  alg {voice[134] + 1:2d}  "
+                  f"{'valid' if ok else 'INVALID'}{bad}")
+        for w in caught:
+            print(f"warning: {w.message}")
+    return run
+
+
+@command("dataset", "Build a training dataset from DX7 files, or summarise one.")
+def dataset(parser):
+    subs = parser.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    build = subs.add_parser(
+        "build", help="read DX7 files into a train/validation .npz",
+        description="Read every voice of the given files and directories (.syx and compact .bin, "
+                    "searched recursively), drop invalid voices (or clamp them) and duplicates, "
+                    "split train/validation by a hash of each voice (stable as files are added) "
+                    "and write an .npz with the voices and their provenance.")
+    build.add_argument("sources", nargs="+", metavar="SRC", help="a DX7 file or a directory of them")
+    build.add_argument("--out", required=True, help="the dataset .npz to write")
+    build.add_argument("--validation-fraction", type=float, default=0.05,
+                       help="share of the voices (by hash) put in the validation split (default: 0.05)")
+    build.add_argument("--clamp", action="store_true",
+                       help="clamp out-of-range fields into range instead of dropping those voices")
+    build.set_defaults(action=lambda args: _print_build(data.build_dataset(
+        args.sources, args.out, args.validation_fraction, args.clamp)))
+    show = subs.add_parser("info", help="summarise a dataset .npz",
+                           description="Print the split sizes, sources and build summary of a dataset .npz.")
+    show.add_argument("dataset", metavar="DATASET", help="a .npz written by `neuraldx7 dataset build`")
+    show.set_defaults(action=lambda args: _print_info(args.dataset, data.load_dataset(args.dataset)))
+    return lambda args: args.action(args)
+
+
+def _print_build(summary):
+    for problem in summary["problems"]:
+        print(f"warning: {problem}")
+    for rel, reason in summary["files_skipped"]:
+        print(f"skipped {rel}: {reason}")
+    print(f"files read      {summary['files_read']}")
+    print(f"files skipped   {len(summary['files_skipped'])}")
+    print(f"voices found    {summary['voices_found']}")
+    fate = f"clamped {summary['clamped']}" if summary["clamped"] else "dropped"
+    print(f"invalid         {summary['invalid']} ({fate})")
+    print(f"duplicates      {summary['duplicates']}")
+    print(f"train           {summary['train']}")
+    print(f"validation      {summary['validation']}")
+
+
+def _print_info(path, arrays):
+    print(f"{path}:")
+    for split in data.SPLITS:
+        voices = arrays[split]
+        print(f"{split:12s} {len(voices):6d} voices, {dx7.is_valid(voices).sum()} valid")
+        counts = sorted(Counter(arrays.get(f"{split}_source", [])).items(), key=lambda sc: (-sc[1], sc[0]))
+        for source, count in counts[:10]:
+            print(f"    {count:6d}  {source}")
+        if len(counts) > 10:
+            print(f"    {sum(c for _, c in counts[10:]):6d}  from {len(counts) - 10} more files")
+    summary = arrays["summary"]
+    if summary:
+        print(f"built from {', '.join(summary['sources'])}: {summary['voices_found']} voices found, "
+              f"{summary['invalid']} invalid, {summary['clamped']} clamped, "
+              f"{summary['duplicates']} duplicates, validation fraction {summary['validation_fraction']}")

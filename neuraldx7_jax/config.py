@@ -1,0 +1,68 @@
+"""Run configuration: one `Config` per run, presets are functions returning it."""
+import dataclasses
+
+from neuraldx7_jax.model import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loss. Defaults are the original's (AdamW with torch defaults)."""
+    batch_size: int = 16  # global batch, split over all devices
+    learning_rate: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (torch default)
+    warmup_steps: int = 0  # linear warm-up from 0 to the peak; 0 = none (original)
+    lr_schedule: str = "constant"  # "constant" (original) or "cosine" (decay to 0 at `decay_steps`)
+    decay_steps: int = 0  # length of the cosine schedule, warm-up included
+    max_beta: float = 0.5  # weight of the KL term once annealed
+    beta_temp: float = 6e-5  # beta(step) = normalised sigmoid(step * beta_temp - 6)
+    # The original's CE covers all 128 values; True ignores values outside each parameter's range.
+    masked_ce: bool = False
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.decay_steps <= self.warmup_steps:
+            raise ValueError("the cosine schedule needs decay_steps > warmup_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]))
+
+    def replace(self, **train_overrides):
+        """A copy with some TrainConfig fields changed (None values are ignored)."""
+        changes = {k: v for k, v in train_overrides.items() if v is not None}
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+
+
+def original():
+    """The run behind thisdx7cartdoesnotexist.com: F=512 (8x64), 12 layers, Z=8, 16 flows."""
+    return Config()
+
+
+def small():
+    """F=128 (4x32), 4 layers, Z=8, 8 flows; same semantics. CPU benchmarks use it."""
+    return Config(model=ModelConfig(features=128, heads=4, layers=4, latent=8, flows=8))
+
+
+def test():
+    """A tiny model for tests: seconds on a CPU."""
+    return Config(model=ModelConfig(features=16, heads=2, layers=1, latent=4, flows=2),
+                  train=TrainConfig(batch_size=8, learning_rate=1e-3))
+
+
+PRESETS = {"original": original, "small": small, "test": test}
+
+
+def preset(name):
+    if name not in PRESETS:
+        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

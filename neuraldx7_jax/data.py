@@ -1,0 +1,130 @@
+"""Voices in, arrays out: the dataset .npz (build, split, load) and shuffled training batches.
+
+numpy only. A dataset holds `train` and `validation` (n, 155) uint8 voices in canonical
+order, with provenance (`*_source`: file relative to its source root, `*_index`: voice in it).
+"""
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from neuraldx7_jax import dx7
+from neuraldx7_jax.errors import Error
+
+SUFFIXES = (".syx", ".bin")  # what a directory walk picks up, case-insensitive
+SPLITS = ("train", "validation")
+
+
+def find_files(sources):
+    """[(relative path, path)] of the voice files under `sources` (files or directories), sorted."""
+    found = {}
+    for source in map(Path, sources):
+        if source.is_dir():
+            paths = [p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES]
+            root = source
+        elif source.exists():
+            paths, root = [source], source.parent
+        else:
+            raise Error(f"{source}: no such file or directory")
+        for path in paths:  # a file reached twice keeps its smallest name, whatever the order
+            entry = (path.relative_to(root).as_posix(), str(path))
+            found[path.resolve()] = min(found.get(path.resolve(), entry), entry)
+    return sorted(found.values())
+
+
+def split_hash(voices):
+    """(N, 155) -> (N,) uint64: blake2b of each voice's 155 bytes, its place in the split."""
+    rows = np.ascontiguousarray(voices, np.uint8)
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "big")
+                     for r in rows], np.uint64)
+
+
+def build_dataset(sources, out, validation_fraction=0.05, clamp=False, progress=True):
+    """Reads every voice under `sources`, keeps valid (or clamped) unique ones, splits, writes `out`.
+
+    A voice goes to validation when its hash / 2**64 < validation_fraction, so the split of a voice
+    never depends on the other files. Returns the summary (also stored in the file).
+    """
+    if not 0 <= validation_fraction < 1:
+        raise Error(f"validation fraction must be in [0, 1), got {validation_fraction}")
+    files = find_files(sources)
+    chunks, origin, index, skipped, problems = [], [], [], [], []
+    for f, (rel, path) in enumerate(tqdm(files, desc="reading", unit="file", leave=False,
+                                         disable=not progress or len(files) < 50)):
+        voices, reported = dx7.read_file(path)
+        if not len(voices):
+            skipped.append([rel, "; ".join(reported)])
+            continue
+        problems += reported
+        chunks.append(voices)
+        origin.append(np.full(len(voices), f))
+        index.append(np.arange(len(voices)))
+    if not chunks:
+        raise Error(f"no DX7 voices found in {', '.join(map(str, sources))}")
+    voices, origin, index = map(np.concatenate, (chunks, origin, index))
+
+    valid = dx7.is_valid(voices)
+    if clamp:
+        voices = dx7.clamp(voices)
+    else:
+        voices, origin, index = voices[valid], origin[valid], index[valid]
+    rows = np.ascontiguousarray(voices).view(np.dtype((np.void, dx7.N_PARAMS)))[:, 0]
+    _, first = np.unique(rows, return_index=True)  # first occurrence in sorted path order
+    voices, origin, index = voices[first], origin[first], index[first]
+
+    h = split_hash(voices)
+    is_validation = h / 2.0 ** 64 < validation_fraction
+    names = np.array([rel for rel, _ in files])
+    arrays = {}
+    for split, mask in zip(SPLITS, (~is_validation, is_validation)):
+        order = np.flatnonzero(mask)[np.argsort(h[mask], kind="stable")]
+        arrays[split] = voices[order]
+        arrays[f"{split}_source"] = names[origin[order]]
+        arrays[f"{split}_index"] = index[order].astype(np.int32)
+
+    summary = dict(
+        sources=[str(s) for s in sources], files_read=len(chunks), files_skipped=skipped,
+        problems=problems, voices_found=int(len(valid)), invalid=int((~valid).sum()),
+        clamped=int((~valid).sum()) if clamp else 0,
+        duplicates=int((len(valid) if clamp else valid.sum()) - len(voices)),
+        train=len(arrays["train"]), validation=len(arrays["validation"]),
+        validation_fraction=validation_fraction)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, summary=np.array(json.dumps(summary)), **arrays)
+    dx7.write_atomic(out, buffer.getvalue())
+    return summary
+
+
+def load_dataset(path):
+    """The arrays of a dataset .npz (train, validation, provenance) and its build `summary` dict."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise Error(f"{path}: not a dataset .npz (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise Error(f"{path}: no such dataset file (build one with `neuraldx7 dataset build`)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise Error(f"{path}: not a dataset .npz ({e})") from None
+    for split in SPLITS:
+        x = arrays.get(split)
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != dx7.N_PARAMS:
+            raise Error(f"{path}: not a dataset: no ({split!r}: (n, {dx7.N_PARAMS}) uint8) array")
+    try:
+        arrays["summary"] = json.loads(str(arrays["summary"])) if "summary" in arrays else {}
+    except ValueError:
+        raise Error(f"{path}: the dataset's summary is not JSON") from None
+    return arrays
+
+
+def epoch_batches(voices, batch_size, rng):
+    """One epoch of shuffled (batch_size, 155) int32 batches from `rng` (a numpy Generator); drops the rest."""
+    if batch_size < 1:
+        raise Error(f"batch size must be positive, got {batch_size}")
+    order = rng.permutation(len(voices))
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        yield np.asarray(voices[order[start:start + batch_size]], np.int32)

@@ -1,0 +1,218 @@
+"""The NeuralDX7 attention VAE with triangular Sylvester flows, in flax.linen.
+
+Semantics follow the original PyTorch model exactly under `ModelConfig()` defaults
+(see `../shared/docs/original-model.md`); departures are named config options.
+Shapes: B batch, N = 155 parameters, V = 128 values, F features, H heads,
+D = F / H head width, Z latent size, K flows.
+"""
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neuraldx7_jax import dx7
+
+N, V = dx7.N_PARAMS, dx7.N_VALUES
+NEG_INF = -1e9  # the original's logit for out-of-range values
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. Defaults are the original run behind thisdx7cartdoesnotexist.com."""
+    features: int = 512  # F, width of every attention layer
+    heads: int = 8  # H; each head is F / H wide
+    layers: int = 12  # attention layers, in the encoder and in the decoder each
+    latent: int = 8  # Z, size of the latent space
+    flows: int = 16  # K triangular Sylvester flows
+    # The original divides attention scores by sqrt(H) (a quirk); "head_dim" uses sqrt(F / H).
+    attention_scale: str = "heads"
+    # The original uses the exact (erf) GELU; True uses the tanh approximation.
+    gelu_approximate: bool = False
+
+    def __post_init__(self):
+        if self.features % self.heads:
+            raise ValueError(f"features ({self.features}) must be a multiple of heads ({self.heads})")
+        if self.attention_scale not in ("heads", "head_dim"):
+            raise ValueError(f"attention_scale must be 'heads' or 'head_dim', not {self.attention_scale!r}")
+
+
+def _torch_uniform(fan_in):
+    """PyTorch's default init for Linear weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Dense(nn.Module):
+    """nn.Dense with PyTorch's default initialisation, so training starts where the original's does."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        init = _torch_uniform(x.shape[-1])
+        return nn.Dense(self.features, kernel_init=init, bias_init=init, name="linear")(x)
+
+
+class FeedForwardGELU(nn.Module):
+    """Dense(in -> 3 in), GELU, Dense(-> out)."""
+    features: int
+    approximate: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        h = Dense(3 * x.shape[-1], name="fc1")(x)
+        return Dense(self.features, name="fc2")(nn.gelu(h, approximate=self.approximate))
+
+
+def positional_table(n, features):
+    """(n, F) sinusoid table; row 0 is all zeros, as in the original."""
+    j = np.arange(features)
+    angle = np.arange(n)[:, None] / np.power(10000.0, 2 * (j // 2) / features)[None, :]
+    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+    table[0] = 0.0
+    return table.astype(np.float32)
+
+
+class Attention(nn.Module):
+    """All-to-all multi-head attention with the original's layout and head interleaving."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxNxF):
+        cfg = self.config
+        h, d = cfg.heads, cfg.features // cfg.heads
+        qkv = Dense(3 * h * d, name="qkv")(x_BxNxF)
+        qkv_BxNxDx3xH = qkv.reshape(*x_BxNxF.shape[:-1], d, 3, h)
+        q, k, v = (qkv_BxNxDx3xH[..., i, :] for i in range(3))  # (B, N, D, H) each
+        scale = math.sqrt(h if cfg.attention_scale == "heads" else d)
+        scores_BxHxNxN = jnp.einsum("bqdh,bkdh->bhqk", q, k) / scale
+        weights = jax.nn.softmax(scores_BxHxNxN, axis=-1)
+        y_BxNxDxH = jnp.einsum("bhqk,bkdh->bqdh", weights, v)
+        return y_BxNxDxH.reshape(x_BxNxF.shape)  # feature index = i_d * H + i_h
+
+
+class AttentionLayer(nn.Module):
+    """Post-norm layer: LN(Attn(X) + X), then LN_noaffine(FF(X) + X)."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        x = nn.LayerNorm(epsilon=1e-5, name="attention_norm")(Attention(cfg, name="attention")(x) + x)
+        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, name="feedforward")(x)
+        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name="feedforward_norm")(ff + x)
+
+
+class PositionalFiLM(nn.Module):
+    """(sigmoid(g), tanh(b)) = split(Dense(F -> 2F)(P)): the positional gain and bias."""
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        table = jnp.asarray(positional_table(N, self.features))
+        g, b = jnp.split(Dense(2 * self.features, name="p2x")(table), 2, axis=-1)
+        return jax.nn.sigmoid(g), jnp.tanh(b)  # (N, F) each
+
+
+class Encoder(nn.Module):
+    """Every layer gets g * X + b as its input, with the same positional g, b."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxNxF):
+        g, b = PositionalFiLM(self.config.features, name="positional")()
+        for i in range(self.config.layers):
+            x_BxNxF = AttentionLayer(self.config, name=f"layer_{i}")(g * x_BxNxF + b)
+        return x_BxNxF
+
+
+class Decoder(nn.Module):
+    """Starts from ones, applies the positional FiLM once, then a latent FiLM before each layer."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, c_BxNxZ):
+        cfg = self.config
+        g, b = PositionalFiLM(cfg.features, name="positional")()
+        x = jnp.broadcast_to(g + b, (c_BxNxZ.shape[0], N, cfg.features))  # g * ones + b
+        for i in range(cfg.layers):
+            film = FeedForwardGELU(2 * cfg.features, cfg.gelu_approximate, name=f"film_{i}")(c_BxNxZ)
+            g_c, b_c = jnp.split(film, 2, axis=-1)
+            x = AttentionLayer(cfg, name=f"layer_{i}")(jax.nn.sigmoid(g_c) * x + jnp.tanh(b_c))
+        return x
+
+
+def sylvester_step(z_BxZ, r1_BxZxZ, r2_BxZxZ, b_BxZ, flip):
+    """One triangular Sylvester flow: z' = z + tanh(z R2^T + b) R1^T. Returns (z', log|det J|)."""
+    zp = z_BxZ[:, ::-1] if flip else z_BxZ
+    pre_BxZ = jnp.einsum("bj,bij->bi", zp, r2_BxZxZ) + b_BxZ
+    step = jnp.einsum("bj,bij->bi", jnp.tanh(pre_BxZ), r1_BxZxZ)
+    z_new = z_BxZ + (step[:, ::-1] if flip else step)
+    diag = jnp.diagonal(r1_BxZxZ, axis1=-2, axis2=-1) * jnp.diagonal(r2_BxZxZ, axis1=-2, axis2=-1)
+    log_det = jnp.sum(jnp.log(jnp.abs(1.0 + (1.0 - jnp.tanh(pre_BxZ) ** 2) * diag) + 1e-8), axis=-1)
+    return z_new, log_det
+
+
+def flow_matrices(params_BxKxZxZ3):
+    """Amortised flow parameters -> (R1, R2, b), each with a leading K axis."""
+    p = jnp.moveaxis(params_BxKxZxZ3, 1, 0)  # (K, B, Z, Z + 3)
+    diag1, diag2, b, m = jnp.tanh(p[..., 0]), jnp.tanh(p[..., 1]), p[..., 2], p[..., 3:]
+    eye = jnp.eye(m.shape[-1], dtype=bool)
+    upper = jnp.triu(jnp.ones(m.shape[-2:], dtype=bool), k=1)
+    r1 = jnp.where(upper, m, 0.0) + jnp.where(eye, diag1[..., None], 0.0)
+    r2 = jnp.where(upper, jnp.swapaxes(m, -1, -2), 0.0) + jnp.where(eye, diag2[..., None], 0.0)
+    return r1, r2, b
+
+
+def apply_flows(z_BxZ, r1, r2, b):
+    """All K flows in order (odd ones on the reversed latent). Returns (z_K, summed log-det)."""
+    log_det = jnp.zeros(z_BxZ.shape[:1], z_BxZ.dtype)
+    for k in range(r1.shape[0]):
+        z_BxZ, ld = sylvester_step(z_BxZ, r1[k], r2[k], b[k], flip=k % 2 == 1)
+        log_det = log_det + ld
+    return z_BxZ, log_det
+
+
+class VAE(nn.Module):
+    """The DX7 VAE. Methods: `encode` (posterior + flow), `decode` (latent -> masked logits),
+    and `__call__` (the training forward pass)."""
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embedder = nn.Embed(V, cfg.features, embedding_init=nn.initializers.normal(1.0))
+        self.latent_encoder = Encoder(cfg)
+        self.q_hidden = Dense(2 * cfg.features)
+        self.q_out = Dense(2 * cfg.latent)
+        self.flow_params = Dense(cfg.flows * cfg.latent * (cfg.latent + 3))
+        self.z_to_c = Dense(cfg.latent * N)
+        self.decoder = Decoder(cfg)
+        self.logits = FeedForwardGELU(V, cfg.gelu_approximate)
+
+    def encode(self, x_BxN, eps_BxZ):
+        """Voices and standard-normal noise -> dict(mu, sigma, z0, zk, log_det)."""
+        cfg = self.config
+        h_BxF = self.latent_encoder(self.embedder(x_BxN)).mean(axis=-2)
+        mu, s = jnp.split(self.q_out(nn.gelu(self.q_hidden(h_BxF), approximate=cfg.gelu_approximate)),
+                          2, axis=-1)
+        sigma = jnp.exp(jnp.clip(0.5 * s, -5.0, 4.0))
+        z0 = mu + sigma * eps_BxZ
+        params = self.flow_params(h_BxF).reshape(-1, cfg.flows, cfg.latent, cfg.latent + 3)
+        zk, log_det = apply_flows(z0, *flow_matrices(params))
+        return dict(mu=mu, sigma=sigma, z0=z0, zk=zk, log_det=log_det)
+
+    def raw_logits(self, z_BxZ):
+        """Latent -> (B, N, V) logits before the value mask (what the training loss sees)."""
+        c_BxNxZ = self.z_to_c(z_BxZ).reshape(z_BxZ.shape[0], N, self.config.latent)
+        return self.logits(self.decoder(c_BxNxZ))
+
+    def decode(self, z_BxZ):
+        """Latent -> (B, N, V) logits with out-of-range values set to -1e9."""
+        return jnp.where(jnp.asarray(dx7.value_mask()), self.raw_logits(z_BxZ), NEG_INF)
+
+    def __call__(self, x_BxN, eps_BxZ):
+        """Training forward pass: the posterior, its flow, and the unmasked logits of z_K."""
+        post = self.encode(x_BxN, eps_BxZ)
+        return dict(post, logits=self.raw_logits(post["zk"]))

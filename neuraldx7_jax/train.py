@@ -1,0 +1,254 @@
+"""Training: the loss, the jitted data-parallel train step, the loop, and checkpoints.
+
+A work directory holds `checkpoints/<step>/` (orbax: params, optimizer state, and a
+`meta` JSON with the config and dataset facts) and `metrics.jsonl`. Running again
+with the same work directory resumes exactly where the last checkpoint stopped.
+"""
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from neuraldx7_jax import dx7
+from neuraldx7_jax.config import Config
+from neuraldx7_jax.errors import Error
+from neuraldx7_jax.model import VAE
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class TrainState(train_state.TrainState):
+    pass
+
+
+def beta(step, temp):
+    """The original's sigmoidal KL annealing: 0 at step 0, -> 1."""
+    x0 = jax.nn.sigmoid(-6.0)
+    return (jax.nn.sigmoid(step * temp - 6.0) - x0) / (1.0 - x0)
+
+
+def loss_terms(out, x_BxN, masked_ce=False):
+    """Per-voice CE (mean over the 155 positions), accuracy, and KL / Z, from a forward pass."""
+    logits = out["logits"]
+    if masked_ce:
+        logits = jnp.where(jnp.asarray(dx7.value_mask()), logits, -1e9)
+    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits, x_BxN).mean(-1)
+    acc_B = (logits.argmax(-1) == x_BxN).mean(-1)
+    z0, zk, mu, sigma = out["z0"], out["zk"], out["mu"], out["sigma"]
+    log_q_B = jnp.sum(-0.5 * ((z0 - mu) / sigma) ** 2 - jnp.log(sigma) - 0.5 * LOG_2PI, -1)
+    log_p_B = jnp.sum(-0.5 * zk ** 2 - 0.5 * LOG_2PI, -1)
+    kl_B = (log_q_B - log_p_B - out["log_det"]) / zk.shape[-1]
+    return dict(ce=ce_B, accuracy=acc_B, kl=kl_B, log_det=out["log_det"])
+
+
+def make_optimizer(cfg):
+    t = cfg.train
+    if t.lr_schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, t.decay_steps)
+    elif t.warmup_steps:
+        lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+    else:
+        lr = t.learning_rate
+    return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay)
+
+
+def init_state(cfg, seed):
+    """Fresh parameters and optimizer state for `cfg` (deterministic in `seed`)."""
+    model = VAE(cfg.model)
+    x = jnp.zeros((1, dx7.N_PARAMS), jnp.int32)
+    eps = jnp.zeros((1, cfg.model.latent))
+    params = jax.jit(model.init)(jax.random.key(seed), x, eps)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg))
+
+
+def make_mesh():
+    """A 1-D mesh over every device of every host; the batch is split on its `data` axis."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def make_train_step(cfg, mesh):
+    """The jitted `train_step(state, batch, key) -> (state, metrics)`; state donated."""
+    t = cfg.train
+    model = VAE(cfg.model)
+
+    def train_step(state, x_BxN, key):
+        eps = jax.random.normal(jax.random.fold_in(key, state.step), (x_BxN.shape[0], cfg.model.latent))
+        b = beta(state.step, t.beta_temp)
+
+        def loss_fn(params):
+            terms = loss_terms(model.apply({"params": params}, x_BxN, eps), x_BxN, t.masked_ce)
+            means = jax.tree.map(jnp.mean, terms)
+            return means["ce"] + t.max_beta * b * means["kl"], means
+
+        (loss, means), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_state = state.apply_gradients(grads=grads)
+        metrics = dict(means, loss=loss, beta=b, grad_norm=optax.global_norm(grads),
+                       param_norm=optax.global_norm(state.params))
+        return new_state, metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(train_step, donate_argnums=0,
+                   in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
+                   out_shardings=(replicated, replicated))
+
+
+def make_eval_step(model_cfg):
+    """Jitted `(params, x, eps) -> per-voice terms` plus argmax accuracy of the posterior mean."""
+    model = VAE(model_cfg)
+
+    @jax.jit
+    def eval_step(params, x_BxN, eps_BxZ):
+        sampled = loss_terms(model.apply({"params": params}, x_BxN, eps_BxZ), x_BxN)
+        mean = loss_terms(model.apply({"params": params}, x_BxN, jnp.zeros_like(eps_BxZ)), x_BxN)
+        return dict(ce=mean["ce"], accuracy=mean["accuracy"], kl=sampled["kl"],
+                    neg_elbo_per_param=sampled["ce"] + sampled["kl"] * model_cfg.latent / dx7.N_PARAMS)
+
+    return eval_step
+
+
+def evaluate(model_cfg, params, voices, seed=0, batch_size=256):
+    """Validation figures over `voices` (n, 155): posterior-mean CE and accuracy, KL per latent
+    dimension, and -ELBO per parameter (nats; one posterior sample per voice)."""
+    eval_step = make_eval_step(model_cfg)
+    key = jax.random.key(seed)
+    sums, n = {}, len(voices)
+    for i in range(0, n, batch_size):
+        x = np.asarray(voices[i:i + batch_size], np.int32)
+        pad = batch_size - len(x)  # fixed shapes: one compilation
+        eps = jax.random.normal(jax.random.fold_in(key, i), (batch_size, model_cfg.latent))
+        terms = eval_step(params, np.pad(x, ((0, pad), (0, 0))), eps)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(np.asarray(v)[:len(x)].sum())
+    return {k: v / n for k, v in sums.items()}
+
+
+def batch_indices(n, batch_size, seed, step):
+    """Rows of the training set for `step`: shuffled epochs, stateless, so resuming is exact."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise Error(f"the training set has {n} voices, fewer than one batch of {batch_size}")
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def checkpoint_manager(workdir, keep=3, interval=1000):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=True)
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
+                                 item_names=("params", "opt_state", "meta"))
+
+
+def _checkpoint_dir(path):
+    """The orbax directory inside a work directory, or `path` itself if it is one."""
+    path = Path(path).absolute()
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def load_checkpoint(path, step=None):
+    """(ModelConfig-built Config, params, meta) of the latest (or given) step under `path`,
+    a work directory or its `checkpoints/` folder. Needs no other argument: meta holds the config."""
+    directory = _checkpoint_dir(path)
+    if not directory.is_dir():
+        raise Error(f"{path}: no such checkpoint directory")
+    with ocp.CheckpointManager(directory, item_names=("params", "meta")) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise Error(f"{path}: no checkpoint found in {directory}")
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    meta = restored["meta"]
+    return Config.from_dict(meta["config"]), restored["params"], meta
+
+
+def _save(mngr, step, state, meta, force=False):
+    return mngr.save(step, force=force, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave(dict(meta, step=step))))
+
+
+def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_every=1000, keep=3,
+                       eval_every=1000, log_every=50, progress=True):
+    """Trains `cfg` on the dataset .npz `data` for `steps` steps in `workdir`, resuming from its
+    latest checkpoint if there is one. Returns the last evaluation metrics."""
+    from neuraldx7_jax import data as data_lib
+
+    dataset = data_lib.load_dataset(data)
+    train_voices, val_voices = dataset["train"], dataset["validation"]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    if cfg.train.batch_size % n_dev:
+        raise Error(f"batch size {cfg.train.batch_size} is not a multiple of the {n_dev} devices")
+
+    mngr = checkpoint_manager(workdir, keep, checkpoint_every)
+    state = init_state(cfg, seed)
+    meta = dict(config=cfg.to_dict(), seed=seed, dataset=dict(
+        path=str(Path(data).absolute()), train=len(train_voices), validation=len(val_voices)))
+    if mngr.latest_step() is not None:
+        start = mngr.latest_step()
+        saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if saved["config"] != json.loads(json.dumps(cfg.to_dict())) or saved["seed"] != seed:
+            raise Error(f"{workdir} holds a run with another config or seed; use a new --workdir")
+        restored = mngr.restore(start, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(state.params), opt_state=ocp.args.StandardRestore(state.opt_state)))
+        state = state.replace(step=jnp.asarray(start), params=restored["params"], opt_state=restored["opt_state"])
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    state = jax.device_put(state, replicated)
+    step_fn = make_train_step(cfg, mesh)
+    key = jax.device_put(jax.random.key(seed + 1), replicated)
+
+    def batch(s):
+        x = train_voices[batch_indices(len(train_voices), cfg.train.batch_size, seed, s)].astype(np.int32)
+        per_host = len(x) // jax.process_count()
+        local = x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+        return jax.make_array_from_process_local_data(batch_sharding, local)
+
+    start = int(state.step)
+    log = open(workdir / "metrics.jsonl", "a")
+    bar = _progress(start, steps, progress)
+    last_eval, pending, t0, t_steps = {}, None, time.perf_counter(), 0
+    next_batch = batch(start) if start < steps else None
+    for s in range(start, steps):
+        x, next_batch = next_batch, (batch(s + 1) if s + 1 < steps else None)
+        state, metrics = step_fn(state, x, key)
+        t_steps += 1
+        done = s + 1
+        if done % log_every == 0 or done == steps:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(map(math.isfinite, m.values())):
+                raise FloatingPointError(f"non-finite metrics at step {done}: {m}")
+            rate = t_steps / (time.perf_counter() - t0)
+            t0, t_steps = time.perf_counter(), 0
+            _write(log, dict(step=done, split="train", steps_per_s=rate, **m))
+            bar.set_postfix_str(f"{rate:.2f} steps/s loss {m['loss']:.3f} acc {m['accuracy']:.3f}")
+        if done % eval_every == 0 or done == steps:
+            if len(val_voices):
+                last_eval = evaluate(cfg.model, state.params, val_voices, seed)
+                _write(log, dict(step=done, split="validation", **last_eval))
+        _save(mngr, done, state, meta, force=done == steps)
+        bar.update(1)
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    log.close()
+    return last_eval
+
+
+def _write(log, record):
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+
+
+def _progress(start, total, enabled):
+    from tqdm import tqdm
+    return tqdm(initial=start, total=total, disable=not enabled, unit="step", dynamic_ncols=True)

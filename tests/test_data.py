@@ -1,0 +1,150 @@
+import zipfile
+
+import numpy as np
+import pytest
+
+from neuraldx7_jax import cli, data, dx7
+from neuraldx7_jax.errors import Error
+
+
+def random_voices(seed, n):
+    return np.random.default_rng(seed).integers(0, dx7.MAX.astype(int) + 1, (n, dx7.N_PARAMS)).astype(np.uint8)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A small collection: 2 cartridges (one repeating 5 voices of the other, one with 3 invalid voices),
+    a compact .bin, a non-DX7 .syx and a README that the walk ignores."""
+    a, b, c = random_voices(0, 32), random_voices(1, 32), random_voices(2, 7)
+    b[:5] = a[10:15]
+    b[20, 0], b[21, 142], b[22, 20] = 120, 7, 15
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    dx7.save_cartridge(tmp_path / "src" / "a.syx", a)
+    dx7.save_cartridge(tmp_path / "src" / "sub" / "B.SYX", b)
+    (tmp_path / "src" / "sub" / "c.bin").write_bytes(dx7.pack(c).tobytes())
+    (tmp_path / "src" / "sub" / "junk.syx").write_bytes(b"hello")
+    (tmp_path / "src" / "README.md").write_text("not voices")
+    return tmp_path, (a, b, c)
+
+
+def test_build_small_tree(tree):
+    root, (a, b, c) = tree
+    summary = data.build_dataset([root / "src"], root / "d.npz", validation_fraction=0.3, progress=False)
+    assert summary["files_read"] == 3
+    assert summary["files_skipped"] == [["sub/junk.syx", f"{root / 'src' / 'sub' / 'junk.syx'}: not DX7 data "
+                                         "(5 bytes, no DX7 SysEx message, not a whole number of 128-byte packed voices)"]]
+    assert (summary["voices_found"], summary["invalid"], summary["clamped"], summary["duplicates"]) == (71, 3, 0, 5)
+    d = data.load_dataset(root / "d.npz")
+    assert summary["train"] + summary["validation"] == 63 == len(d["train"]) + len(d["validation"])
+    assert 0 < summary["validation"] < 63 and d["summary"] == summary
+    everything = np.concatenate([d["train"], d["validation"]])
+    assert everything.dtype == np.uint8 and dx7.is_valid(everything).all()
+    assert len(np.unique(everything, axis=0)) == 63
+    files = {"a.syx": a, "sub/B.SYX": b, "sub/c.bin": c}
+    for split in data.SPLITS:
+        for voice, source, index in zip(d[split], d[f"{split}_source"], d[f"{split}_index"]):
+            assert np.array_equal(files[source][index], voice)
+    assert "sub/B.SYX" not in set(d["train_source"][d["train_index"] < 5]) | set(
+        d["validation_source"][d["validation_index"] < 5])  # duplicates kept from a.syx
+
+
+def test_clamp_keeps_invalid_voices_clamped(tree):
+    root, _ = tree
+    summary = data.build_dataset([root / "src"], root / "d.npz", clamp=True, progress=False)
+    assert (summary["invalid"], summary["clamped"], summary["duplicates"]) == (3, 3, 5)
+    assert summary["train"] + summary["validation"] == 66
+
+
+def test_split_is_stable_as_files_are_added_and_order_free(tree):
+    root, _ = tree
+    src = root / "src"
+    data.build_dataset([src / "a.syx"], root / "one.npz", validation_fraction=0.5, progress=False)
+    data.build_dataset([src / "sub", src / "a.syx"], root / "all.npz", validation_fraction=0.5, progress=False)
+    data.build_dataset([src / "a.syx", src / "sub"], root / "all2.npz", validation_fraction=0.5, progress=False)
+    one, both, again = (data.load_dataset(root / n) for n in ("one.npz", "all.npz", "all2.npz"))
+    for split in data.SPLITS:
+        old = {v.tobytes() for v in one[split]}
+        assert old <= {v.tobytes() for v in both[split]}
+        for key in (split, f"{split}_source", f"{split}_index"):
+            assert np.array_equal(both[key], again[key])
+
+
+def test_shared_collection(shared_data, tmp_path):
+    summary = data.build_dataset([shared_data], tmp_path / "d.npz", progress=False)
+    files = sorted(shared_data.rglob("*.bin")) + sorted(shared_data.rglob("*.syx"))
+    voices = np.concatenate([dx7.load(f) for f in files])
+    valid = voices[dx7.is_valid(voices)]
+    unique = np.unique(valid, axis=0)
+    assert summary["files_read"] == 33 and summary["files_skipped"] == [] and summary["problems"] == []
+    assert summary["voices_found"] == len(voices) == 29_811 + 1_024
+    assert summary["invalid"] == len(voices) - len(valid)
+    assert summary["duplicates"] == len(valid) - len(unique)
+    d = data.load_dataset(tmp_path / "d.npz")
+    both = np.concatenate([d["train"], d["validation"]])
+    assert np.array_equal(np.unique(both, axis=0), unique)
+    assert (summary["train"], summary["validation"]) == (len(d["train"]), len(d["validation"]))
+    assert abs(len(d["validation"]) / len(both) - 0.05) < 0.01
+
+    data.build_dataset([shared_data / "factory", shared_data / "compact-train.bin"], tmp_path / "a.npz",
+                       progress=False)
+    data.build_dataset([shared_data / "compact-train.bin", shared_data / "factory"], tmp_path / "b.npz",
+                       progress=False)
+    a, b = data.load_dataset(tmp_path / "a.npz"), data.load_dataset(tmp_path / "b.npz")
+    for key in ("train", "validation", "train_source", "train_index", "validation_source", "validation_index"):
+        assert np.array_equal(a[key], b[key]), key
+    assert np.array_equal(a["train"], d["train"]) and np.array_equal(a["validation"], d["validation"])
+
+
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(Error, match="no such dataset"):
+        data.load_dataset(tmp_path / "absent.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(Error, match="not a dataset"):
+        data.load_dataset(tmp_path / "text.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(Error, match="'train'"):
+        data.load_dataset(tmp_path / "other.npz")
+    with zipfile.ZipFile(tmp_path / "broken.npz", "w") as z:
+        z.writestr("train.npy", b"garbage")
+    with pytest.raises(Error, match="not a dataset"):
+        data.load_dataset(tmp_path / "broken.npz")
+
+
+def test_build_errors(tmp_path):
+    with pytest.raises(Error, match="no such file"):
+        data.build_dataset([tmp_path / "absent"], tmp_path / "d.npz", progress=False)
+    (tmp_path / "junk.syx").write_bytes(b"hello")
+    with pytest.raises(Error, match="no DX7 voices"):
+        data.build_dataset([tmp_path], tmp_path / "d.npz", progress=False)
+    assert not (tmp_path / "d.npz").exists()
+
+
+def test_epoch_batches():
+    voices = random_voices(3, 10)
+    batches = list(data.epoch_batches(voices, 3, np.random.default_rng(0)))
+    assert len(batches) == 3 and all(b.shape == (3, 155) and b.dtype == np.int32 for b in batches)
+    seen = np.concatenate(batches)
+    assert len(np.unique(seen, axis=0)) == 9 and all((v == voices).all(1).any() for v in seen)
+    again = list(data.epoch_batches(voices, 3, np.random.default_rng(0)))
+    assert all(np.array_equal(x, y) for x, y in zip(batches, again))
+    assert list(data.epoch_batches(voices, 11, np.random.default_rng(0))) == []
+
+
+def test_cli_info_and_dataset(tree, capsys):
+    root, (a, b, _) = tree
+    assert cli.main(["info", str(root / "src" / "sub" / "B.SYX")]) == 0
+    out = capsys.readouterr().out
+    assert "32 voices, 29 valid" in out and "INVALID  out of range: OP6 R1=120" in out
+    assert f" 1  {dx7.voice_name(b[0]):10s}  alg {b[0, 134] + 1:2d}  valid" in out
+    assert cli.main(["info", str(root / "src" / "sub" / "junk.syx")]) == 2
+    assert "not DX7 data" in capsys.readouterr().err
+
+    out_file = root / "d.npz"
+    assert cli.main(["dataset", "build", str(root / "src"), "--out", str(out_file),
+                     "--validation-fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "voices found    71" in out and "duplicates      5" in out and "skipped sub/junk.syx" in out
+    assert cli.main(["dataset", "info", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    d = data.load_dataset(out_file)
+    assert f"train         {len(d['train']):5d} voices" in out and "a.syx" in out

@@ -1,0 +1,225 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from neuraldx7_jax import dx7
+from neuraldx7_jax.errors import Error
+
+
+def random_voices(seed, n=64):
+    return np.random.default_rng(seed).integers(0, dx7.MAX.astype(int) + 1, (n, dx7.N_PARAMS)).astype(np.uint8)
+
+
+def used_bits():
+    """(128,) uint8: the bits of each packed byte that some field of the table uses."""
+    used = np.zeros(dx7.PACKED_SIZE, np.uint8)
+    for p in dx7.PARAMS:
+        used[p.byte] |= ((1 << p.bits) - 1) << p.shift
+    return used
+
+
+def write(path, *parts):
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def bulk(voices, channel=0, check=None):
+    data = dx7.pack(voices).tobytes()
+    return bytes([0xF0, 0x43, channel, 0x09, 0x20, 0x00]) + data \
+        + bytes([dx7.checksum(data) if check is None else check, 0xF7])
+
+
+def test_table_derived_arrays():
+    assert dx7.value_mask().shape == (155, 128)
+    assert dx7.value_mask().sum() == int(dx7.MAX.astype(int).sum()) + 155
+    assert [p.index for p in dx7.PARAMS] == list(range(155))
+    # No two fields share a bit of the packed voice, and bit 7 is never used.
+    bits = np.zeros(dx7.PACKED_SIZE, int)
+    for p in dx7.PARAMS:
+        bits[p.byte] += ((1 << p.bits) - 1) << p.shift
+    assert np.array_equal(bits, used_bits()) and used_bits().max() < 0x80
+
+
+def test_packed_layout_matches_the_format_doc():
+    voice = np.zeros(155, np.uint8)
+    voice[[11, 12, 13, 20]] = 3, 2, 5, 14  # op 6: LC, RC, RS, DET
+    voice[[14, 15, 17, 18]] = 1, 6, 1, 31  # op 6: AMS, KVS, MODE, FC
+    voice[[134, 135, 136]] = 31, 7, 1  # ALG, FB, OKS
+    voice[[141, 142, 143, 144]] = 1, 5, 7, 48  # LKS, LFW, LPMS, TRNSP
+    voice[105] = 99  # op 1 R1
+    packed = dx7.pack(voice[None])[0]
+    assert packed[11] == 3 | 2 << 2 and packed[12] == 5 | 14 << 3
+    assert packed[13] == 1 | 6 << 2 and packed[15] == 1 | 31 << 1
+    assert packed[110] == 31 and packed[111] == 7 | 1 << 3
+    assert packed[116] == 1 | 5 << 1 | 7 << 4 and packed[117] == 48 and packed[85] == 99
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pack_unpack_round_trip(seed):
+    voices = random_voices(seed)
+    packed = dx7.pack(voices)
+    assert packed.shape == (64, 128) and packed.dtype == np.uint8
+    assert np.array_equal(dx7.unpack(packed), voices)
+    junk = np.random.default_rng(seed).integers(0, 256, (64, 128), dtype=np.uint8)
+    assert np.array_equal(dx7.pack(dx7.unpack(junk)), junk & used_bits())
+
+
+def test_pack_rejects_bad_shapes_and_values():
+    with pytest.raises(Error):
+        dx7.pack(np.zeros((2, 154)))
+    with pytest.raises(Error):
+        dx7.pack(np.full((1, 155), 128))
+
+
+def test_factory_cartridges_round_trip(shared_data, tmp_path):
+    files = sorted((shared_data / "factory").glob("*.syx"))
+    assert len(files) == 32
+    used = np.tile(used_bits(), 32)
+    changed = []
+    for path in files:
+        raw = np.frombuffer(path.read_bytes(), np.uint8)
+        voices = dx7.load(path)
+        assert voices.shape == (32, 155)
+        dx7.save_cartridge(tmp_path / path.name, voices)
+        new = np.frombuffer((tmp_path / path.name).read_bytes(), np.uint8)
+        junk = np.flatnonzero(raw[6:4102] & ~used) + 6
+        assert np.array_equal(new[6:4102], raw[6:4102] & used)
+        expected = sorted(junk) + ([4102] if len(junk) else [])
+        assert list(np.flatnonzero(new != raw)) == expected, path.name
+        if len(junk):
+            changed.append(path.name)
+            assert new[4102] == dx7.checksum(new[6:4102].tobytes())
+    assert changed == ["rom3a.syx", "rom3b.syx"]
+
+
+def test_single_voice_message_round_trip():
+    voice = random_voices(1, 1)[0]
+    message = dx7.single_voice_message(voice, channel=5)
+    assert len(message) == 163 and message[:6] == bytes([0xF0, 0x43, 0x05, 0x00, 0x01, 0x1B])
+    assert message[-1] == 0xF7 and (sum(message[6:162]) & 0x7F) == 0
+    assert np.array_equal(dx7.parse_single_voice(message), voice)
+    bad = message[:161] + bytes([(message[161] + 1) & 0x7F, 0xF7])
+    with pytest.warns(dx7.ChecksumWarning):
+        dx7.parse_single_voice(bad)
+    with pytest.raises(dx7.FormatError):
+        dx7.parse_single_voice(message[:-1])
+
+
+def test_several_messages_any_channel_other_sysex_between(tmp_path):
+    a, b, c = random_voices(2, 32), random_voices(3, 32), random_voices(4, 1)
+    roland = bytes([0xF0, 0x41, 0x10, 0x42, 0x12, 0x40, 0x00, 0x7F, 0x00, 0x41, 0xF7])
+    path = write(tmp_path / "mix.SYX", bulk(a, 0), roland, dx7.single_voice_message(c[0], 15),
+                 b"\x00junk", bulk(b, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        voices = dx7.load(path)
+    assert np.array_equal(voices, np.concatenate([a, c, b]))
+
+
+def test_headerless_bank_and_compact_bin(tmp_path):
+    voices = random_voices(5, 32)
+    assert np.array_equal(dx7.load(write(tmp_path / "bank.syx", dx7.pack(voices).tobytes())), voices)
+    assert np.array_equal(dx7.load(write(tmp_path / "c.bin", dx7.pack(voices[:3]).tobytes())), voices[:3])
+    with pytest.raises(dx7.FormatError, match="not DX7 data"):
+        dx7.load(write(tmp_path / "odd.bin", dx7.pack(voices[:3]).tobytes() + b"\x00"))
+
+
+def test_wrong_or_missing_checksum_warns_and_strict_drops(tmp_path):
+    a, b = random_voices(6, 32), random_voices(7, 32)
+    wrong = (dx7.checksum(dx7.pack(b).tobytes()) + 1) & 0x7F
+    path = write(tmp_path / "bad.syx", bulk(a), bulk(b, check=wrong))
+    with pytest.warns(dx7.ChecksumWarning, match=r"bad\.syx: message 2 at byte 4104: checksum"):
+        assert np.array_equal(dx7.load(path), np.concatenate([a, b]))
+    with pytest.warns(dx7.ChecksumWarning):
+        assert np.array_equal(dx7.load(path, strict=True), a)
+    missing = write(tmp_path / "missing.syx", bulk(a)[:-2] + b"\xf7")
+    with pytest.warns(dx7.ChecksumWarning, match="no checksum"):
+        assert np.array_equal(dx7.load(missing), a)
+
+
+def test_bit7_and_unused_bits_are_ignored(tmp_path):
+    voices = random_voices(8, 32)
+    packed = dx7.pack(voices)
+    dirty = packed | (~np.tile(used_bits(), (32, 1)) & np.uint8(0xFF))  # every ignored bit set
+    data = dirty.tobytes()
+    path = write(tmp_path / "dirty.syx", bytes([0xF0, 0x43, 0, 9, 0x20, 0]), data,
+                 bytes([dx7.checksum(data), 0xF7]))
+    assert np.array_equal(dx7.load(path), voices)
+    single = bytearray(dx7.single_voice_message(voices[0]))
+    single[6:161] = bytes(x | 0x80 for x in single[6:161])
+    assert np.array_equal(dx7.load(write(tmp_path / "one.syx", bytes(single))), voices[:1])
+
+
+def test_out_of_range_fields_survive_and_are_invalid(tmp_path):
+    voices = random_voices(9, 32)
+    voices[3, 0], voices[3, 20], voices[3, 142] = 120, 15, 7  # OP6 R1, OP6 DET, LFW
+    loaded = dx7.load(write(tmp_path / "range.syx", bulk(voices)))
+    assert np.array_equal(loaded, voices)
+    assert list(np.flatnonzero(~dx7.is_valid(loaded))) == [3]
+    assert dx7.out_of_range(loaded[3]) == ["OP6 R1=120", "OP6 DET=15", "LFW=7"]
+    single = voices[3].copy()
+    single[17] = 100  # OP6 MODE: a single-voice dump keeps all 7 bits
+    one = dx7.load(write(tmp_path / "one.syx", dx7.single_voice_message(single)))
+    assert one[0, 17] == 100 and not dx7.is_valid(one)[0]
+    assert dx7.is_valid(dx7.clamp(one)).all()
+
+
+def test_truncated_files(tmp_path):
+    a = random_voices(10, 32)
+    cut = write(tmp_path / "cut.syx", bulk(a)[:2000])
+    with pytest.raises(dx7.FormatError, match=r"cut\.syx: message 1 at byte 0: truncated"):
+        dx7.load(cut)
+    last = write(tmp_path / "last.syx", bulk(a), bulk(a)[:100])
+    with pytest.warns(dx7.FormatWarning, match="message 2 at byte 4104: truncated"):
+        assert np.array_equal(dx7.load(last), a)
+    middle = write(tmp_path / "middle.syx", bulk(a)[:3000], bulk(a))
+    with pytest.warns(dx7.FormatWarning, match="truncated"):
+        assert np.array_equal(dx7.load(middle), a)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.syx", b"", "empty file"),
+    ("notes.txt", b"not a synth patch\n", "not DX7 data"),
+    ("roland.syx", bytes([0xF0, 0x41, 0x10, 0x42, 0x12, 0x00, 0xF7]), "no DX7 voice message"),
+])
+def test_unreadable_files(tmp_path, name, content, reason):
+    path = write(tmp_path / name, content)
+    with pytest.raises(dx7.FormatError, match=reason) as e:
+        dx7.load(path)
+    assert str(path) in str(e.value) and isinstance(e.value, Error)
+    voices, problems = dx7.read_file(path)
+    assert voices.shape == (0, 155) and len(problems) == 1 and reason in problems[0]
+
+
+def test_read_file_reports_without_raising_or_warning(tmp_path):
+    a = random_voices(11, 32)
+    path = write(tmp_path / "bad.syx", bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        voices, problems = dx7.read_file(path)
+        assert np.array_equal(voices, a) and "checksum" in problems[0]
+        voices, problems = dx7.read_file(tmp_path / "absent.syx")
+    assert len(voices) == 0 and "absent.syx" in problems[0]
+
+
+def test_save_cartridge_and_single_voice(tmp_path):
+    voices = random_voices(12, 64)
+    dx7.save_cartridge(tmp_path / "two.syx", voices, channel=3)
+    raw = (tmp_path / "two.syx").read_bytes()
+    assert len(raw) == 2 * 4104 and raw[2] == 3 and raw[4104 + 2] == 3
+    assert np.array_equal(dx7.load(tmp_path / "two.syx"), voices)
+    with pytest.raises(Error, match="multiple of 32"):
+        dx7.save_cartridge(tmp_path / "bad.syx", voices[:33])
+    dx7.save_single_voice(tmp_path / "one.syx", voices[0])
+    assert len((tmp_path / "one.syx").read_bytes()) == 163
+    assert np.array_equal(dx7.load(tmp_path / "one.syx"), voices[:1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.syx", "two.syx"]  # no temp files left
+
+
+def test_voice_name():
+    voice = np.zeros(155, np.uint8)
+    voice[dx7.NAME] = list(b"E.PIANO") + [0x7F, 0x0A, 0x20]
+    assert dx7.voice_name(voice) == "E.PIANO"
+    voice[145 + 8] = ord("1") | 0x80  # after a DEL, shown as a space
+    assert dx7.voice_name(voice) == "E.PIANO 1"
