@@ -41,7 +41,3 @@ def main(argv=None):
     except (Error, OSError) as e:
         print(f"neuraldx7 {args.command}: error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
