@@ -66,3 +66,26 @@ def preset(name):
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def _parse(value, kind):
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    return kind(value)
+
+
+def override(cfg, assignments):
+    """`cfg` with `section.field=value` assignments applied, e.g. `model.features=256`."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        section, _, name = key.strip().partition(".")
+        part = getattr(cfg, section, None) if sep and section in ("model", "train") else None
+        fields = {f.name: f for f in dataclasses.fields(part)} if part is not None else {}
+        if name not in fields:
+            raise ValueError(f"bad override {assignment!r}: use model.FIELD=VALUE or train.FIELD=VALUE "
+                             f"with a field of ModelConfig or TrainConfig")
+        kind = type(getattr(part, name))
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(part, **{name: _parse(value.strip(), kind)})})
+    return cfg

@@ -121,10 +121,11 @@ def load_dataset(path):
     return arrays
 
 
-def epoch_batches(voices, batch_size, rng):
-    """One epoch of shuffled (batch_size, 155) int32 batches from `rng` (a numpy Generator); drops the rest."""
-    if batch_size < 1:
-        raise Error(f"batch size must be positive, got {batch_size}")
-    order = rng.permutation(len(voices))
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        yield np.asarray(voices[order[start:start + batch_size]], np.int32)
+def batch_indices(n, batch_size, seed, step):
+    """Rows of the training set for `step`: shuffled epochs, stateless, so resuming is exact."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise Error(f"the training set has {n} voices, fewer than one batch of {batch_size}")
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[i * batch_size:(i + 1) * batch_size]

@@ -18,6 +18,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from neuraldx7_jax import dx7
+from neuraldx7_jax import config as config_lib
 from neuraldx7_jax.config import Config
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
@@ -90,8 +91,8 @@ def make_train_step(cfg, mesh):
 
         (loss, means), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads=grads)
-        metrics = dict(means, loss=loss, beta=b, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(state.params))
+        metrics = dict(means, loss=loss, beta=b, grad_norm=optax.tree.norm(grads),
+                       param_norm=optax.tree.norm(state.params))
         return new_state, metrics
 
     replicated = NamedSharding(mesh, P())
@@ -130,16 +131,6 @@ def evaluate(model_cfg, params, voices, seed=0, batch_size=256):
     return {k: v / n for k, v in sums.items()}
 
 
-def batch_indices(n, batch_size, seed, step):
-    """Rows of the training set for `step`: shuffled epochs, stateless, so resuming is exact."""
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise Error(f"the training set has {n} voices, fewer than one batch of {batch_size}")
-    epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[i * batch_size:(i + 1) * batch_size]
-
-
 def checkpoint_manager(workdir, keep=3, interval=1000):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=True)
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
@@ -174,6 +165,25 @@ def _save(mngr, step, state, meta, force=False):
         meta=ocp.args.JsonSave(dict(meta, step=step))))
 
 
+def resolve_config(workdir, preset=None, overrides=(), **train_fields):
+    """The run's config: `preset` with `overrides` and TrainConfig fields (None = keep), or, when
+    resuming with no preset given, the config saved in `workdir`."""
+    saved = None
+    if (Path(workdir) / "checkpoints").is_dir():
+        with checkpoint_manager(workdir) as mngr:
+            if mngr.latest_step() is not None:
+                saved = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore()))["meta"]
+    if saved is not None and preset is None:
+        cfg = Config.from_dict(saved["config"])
+    else:
+        cfg = config_lib.preset(preset or "small")
+    try:
+        return config_lib.override(cfg, overrides).replace(**train_fields)
+    except ValueError as e:
+        raise Error(str(e)) from None
+
+
 def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_every=1000, keep=3,
                        eval_every=1000, log_every=50, progress=True):
     """Trains `cfg` on the dataset .npz `data` for `steps` steps in `workdir`, resuming from its
@@ -196,8 +206,11 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     if mngr.latest_step() is not None:
         start = mngr.latest_step()
         saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if saved["config"] != json.loads(json.dumps(cfg.to_dict())) or saved["seed"] != seed:
-            raise Error(f"{workdir} holds a run with another config or seed; use a new --workdir")
+        ours = dict(config=json.loads(json.dumps(cfg.to_dict())), seed=seed)
+        diff = [f"{k}: saved {saved[k]}, now {ours[k]}" for k in ours if saved[k] != ours[k]]
+        if diff:
+            raise Error(f"{workdir} holds a run with another config or seed ({'; '.join(diff)}); "
+                        "resume it without --config, or use a new --workdir")
         restored = mngr.restore(start, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(state.params), opt_state=ocp.args.StandardRestore(state.opt_state)))
         state = state.replace(step=jnp.asarray(start), params=restored["params"], opt_state=restored["opt_state"])
@@ -208,7 +221,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     key = jax.device_put(jax.random.key(seed + 1), replicated)
 
     def batch(s):
-        x = train_voices[batch_indices(len(train_voices), cfg.train.batch_size, seed, s)].astype(np.int32)
+        x = train_voices[data_lib.batch_indices(len(train_voices), cfg.train.batch_size, seed, s)].astype(np.int32)
         per_host = len(x) // jax.process_count()
         local = x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
         return jax.make_array_from_process_local_data(batch_sharding, local)

@@ -119,16 +119,17 @@ def test_build_errors(tmp_path):
     assert not (tmp_path / "d.npz").exists()
 
 
-def test_epoch_batches():
-    voices = random_voices(3, 10)
-    batches = list(data.epoch_batches(voices, 3, np.random.default_rng(0)))
-    assert len(batches) == 3 and all(b.shape == (3, 155) and b.dtype == np.int32 for b in batches)
-    seen = np.concatenate(batches)
-    assert len(np.unique(seen, axis=0)) == 9 and all((v == voices).all(1).any() for v in seen)
-    again = list(data.epoch_batches(voices, 3, np.random.default_rng(0)))
-    assert all(np.array_equal(x, y) for x, y in zip(batches, again))
-    assert list(data.epoch_batches(voices, 11, np.random.default_rng(0))) == []
-
+def test_batch_indices_are_shuffled_epochs_and_stateless():
+    n, b = 10, 3  # 3 batches an epoch; the last voice of each epoch's order is left out
+    epoch0 = [data.batch_indices(n, b, seed=0, step=s) for s in range(3)]
+    rows = np.concatenate(epoch0)
+    assert len(set(rows.tolist())) == 9 and all(len(x) == b for x in epoch0)
+    np.testing.assert_array_equal(data.batch_indices(n, b, 0, 1), epoch0[1])  # same step, same rows
+    epoch1 = np.concatenate([data.batch_indices(n, b, 0, s) for s in range(3, 6)])
+    assert not np.array_equal(rows, epoch1)  # a new order each epoch
+    assert not np.array_equal(rows, np.concatenate([data.batch_indices(n, b, 1, s) for s in range(3)]))
+    with pytest.raises(Error, match="fewer than one batch"):
+        data.batch_indices(2, 3, 0, 0)
 
 def test_cli_info_and_dataset(tree, capsys):
     root, (a, b, _) = tree

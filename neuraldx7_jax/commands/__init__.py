@@ -1,2 +1,7 @@
 """The subcommands of `neuraldx7`, one module per area; importing registers them."""
 from neuraldx7_jax.commands import formats  # noqa: F401
+from neuraldx7_jax.commands import train  # noqa: F401
+from neuraldx7_jax.commands import generate  # noqa: F401
+from neuraldx7_jax.commands import original  # noqa: F401
+from neuraldx7_jax.commands import audio  # noqa: F401
+from neuraldx7_jax.commands import midi  # noqa: F401

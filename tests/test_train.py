@@ -1,0 +1,99 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neuraldx7_jax import cli, config, dx7, train
+from neuraldx7_jax.errors import Error
+
+
+def random_voices(n, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 128, (n, dx7.N_PARAMS)) % (dx7.MAX.astype(int) + 1)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "data.npz"
+    np.savez(path, train=random_voices(64, 0), validation=random_voices(16, 1))
+    return path
+
+
+def train_losses(workdir):
+    lines = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in lines if r["split"] == "train"}
+
+
+def test_beta_follows_the_original_annealing():
+    assert float(train.beta(0, 6e-5)) == 0.0
+    x0 = 1 / (1 + np.exp(6))
+    expected = (1 / (1 + np.exp(-(10_000 * 6e-5 - 6))) - x0) / (1 - x0)
+    np.testing.assert_allclose(float(train.beta(10_000, 6e-5)), expected, rtol=1e-5)
+    assert float(train.beta(10_000_000, 6e-5)) == pytest.approx(1.0)
+
+
+def test_memorises_a_few_voices():
+    cfg = config.override(config.test(), ["model.features=32", "model.layers=2", "train.batch_size=4",
+                                          "train.learning_rate=3e-3"])
+    voices = jnp.asarray(random_voices(4, 2), jnp.int32)
+    state = train.init_state(cfg, 0)
+    step = train.make_train_step(cfg, train.make_mesh())
+    key = jax.random.key(0)
+    for _ in range(300):
+        state, metrics = step(state, voices, key)
+    assert float(metrics["accuracy"]) > 0.97, metrics
+
+
+def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
+    common = ["--config", "test", "--data", str(dataset), "--checkpoint-every", "5", "--log-every", "1",
+              "--eval-every", "100"]
+    assert cli.main(["train", *common, "--workdir", str(tmp_path / "a"), "--steps", "12"]) == 0
+    assert cli.main(["train", *common, "--workdir", str(tmp_path / "b"), "--steps", "5"]) == 0
+    assert cli.main(["train", *common, "--workdir", str(tmp_path / "b"), "--steps", "12"]) == 0
+    a, b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 13))
+    for s in range(1, 13):
+        assert b[s] == pytest.approx(a[s], rel=1e-6), s
+    cfg, params, meta = train.load_checkpoint(tmp_path / "b")
+    assert cfg == config.test() and meta["step"] == 12 and meta["dataset"]["train"] == 64
+    with pytest.raises(Error, match="another config"):
+        train.train_and_evaluate(config.small(), dataset, tmp_path / "b", 13)
+
+
+def test_an_interrupted_save_leaves_the_last_good_checkpoint(dataset, tmp_path):
+    """Orbax writes into a temporary folder and renames it on commit; an unfinished one is ignored."""
+    train.train_and_evaluate(config.test(), dataset, tmp_path, 4, checkpoint_every=2, progress=False)
+    partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1234"
+    partial.mkdir()
+    (partial / "params").mkdir()
+    _, _, meta = train.load_checkpoint(tmp_path)
+    assert meta["step"] == 4
+
+
+def test_four_devices_give_the_same_loss_as_one(dataset, tmp_path):
+    script = (
+        "import json, sys; from neuraldx7_jax import config, train\n"
+        "train.train_and_evaluate(config.test(), sys.argv[1], sys.argv[2], 6, log_every=1, progress=False)\n"
+    )
+    runs = {}
+    for n in (1, 4):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+        workdir = tmp_path / f"dev{n}"
+        subprocess.run([sys.executable, "-c", script, str(dataset), str(workdir)], env=env, check=True)
+        runs[n] = train_losses(workdir)
+    for s in range(1, 7):
+        assert runs[4][s] == pytest.approx(runs[1][s], rel=1e-4), s
+
+
+def test_bad_options_are_clear_errors(dataset, tmp_path, capsys):
+    assert cli.main(["train", "--data", str(dataset), "--workdir", str(tmp_path), "--steps", "1",
+                     "--set", "model.bogus=1"]) == 2
+    assert "bad override" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(tmp_path / "none.npz"), "--workdir", str(tmp_path),
+                     "--steps", "1"]) == 2
+    assert "no such dataset" in capsys.readouterr().err
