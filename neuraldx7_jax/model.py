@@ -31,12 +31,17 @@ class ModelConfig:
     attention_scale: str = "heads"
     # The original uses the exact (erf) GELU; True uses the tanh approximation.
     gelu_approximate: bool = False
+    # Whose field order the positional table's rows follow: "canonical" (row p is field p here)
+    # or "original" (row p is the p-th field of the original's order; imported weights need it).
+    position_order: str = "original"
 
     def __post_init__(self):
         if self.features % self.heads:
             raise ValueError(f"features ({self.features}) must be a multiple of heads ({self.heads})")
         if self.attention_scale not in ("heads", "head_dim"):
             raise ValueError(f"attention_scale must be 'heads' or 'head_dim', not {self.attention_scale!r}")
+        if self.position_order not in ("canonical", "original"):
+            raise ValueError(f"position_order must be 'canonical' or 'original', not {self.position_order!r}")
 
 
 def _torch_uniform(fan_in):
@@ -75,6 +80,28 @@ def positional_table(n, features):
     return table.astype(np.float32)
 
 
+# The original's field order (neuralDX7/constants.py, VOICE_KEYS) in our field names.
+_ORIGINAL_OPERATOR = ("R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4", "BP", "LD", "RD",
+                      "RC", "LC", "DET", "RS", "KVS", "AMS", "OL", "FC", "MODE", "FF")
+_ORIGINAL_GLOBAL = ("PR1", "PR2", "PR3", "PR4", "PL1", "PL2", "PL3", "PL4", "ALG", "OKS", "FB",
+                    "LFS", "LFD", "LPMD", "LAMD", "LPMS", "LFW", "LKS", "TRNSP")
+
+
+def original_order():
+    """(N,) the canonical index of the field at each position of the original's order:
+    a voice in the original's order is `voice[original_order()]`."""
+    index = {p.name: p.index for p in dx7.PARAMS}
+    names = [f"OP{op} {name}" for op in range(6, 0, -1) for name in _ORIGINAL_OPERATOR]
+    names += [*_ORIGINAL_GLOBAL, *(f"NAME{i}" for i in range(1, 11))]
+    return np.array([index[name] for name in names])
+
+
+def position_table(config):
+    """(N, F) the positional table, its rows in the order `config.position_order` names."""
+    table = positional_table(N, config.features)
+    return table[np.argsort(original_order())] if config.position_order == "original" else table
+
+
 class Attention(nn.Module):
     """All-to-all multi-head attention with the original's layout and head interleaving."""
     config: ModelConfig
@@ -107,12 +134,12 @@ class AttentionLayer(nn.Module):
 
 class PositionalFiLM(nn.Module):
     """(sigmoid(g), tanh(b)) = split(Dense(F -> 2F)(P)): the positional gain and bias."""
-    features: int
+    config: ModelConfig
 
     @nn.compact
     def __call__(self):
-        table = jnp.asarray(positional_table(N, self.features))
-        g, b = jnp.split(Dense(2 * self.features, name="p2x")(table), 2, axis=-1)
+        table = jnp.asarray(position_table(self.config))
+        g, b = jnp.split(Dense(2 * self.config.features, name="p2x")(table), 2, axis=-1)
         return jax.nn.sigmoid(g), jnp.tanh(b)  # (N, F) each
 
 
@@ -122,7 +149,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxNxF):
-        g, b = PositionalFiLM(self.config.features, name="positional")()
+        g, b = PositionalFiLM(self.config, name="positional")()
         for i in range(self.config.layers):
             x_BxNxF = AttentionLayer(self.config, name=f"layer_{i}")(g * x_BxNxF + b)
         return x_BxNxF
@@ -135,7 +162,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, c_BxNxZ):
         cfg = self.config
-        g, b = PositionalFiLM(cfg.features, name="positional")()
+        g, b = PositionalFiLM(cfg, name="positional")()
         x = jnp.broadcast_to(g + b, (c_BxNxZ.shape[0], N, cfg.features))  # g * ones + b
         for i in range(cfg.layers):
             film = FeedForwardGELU(2 * cfg.features, cfg.gelu_approximate, name=f"film_{i}")(c_BxNxZ)
