@@ -31,8 +31,9 @@ class ModelConfig:
     attention_scale: str = "heads"
     # The original uses the exact (erf) GELU; True uses the tanh approximation.
     gelu_approximate: bool = False
-    # Whose field order the positional table's rows follow: "canonical" (row p is field p here)
-    # or "original" (row p is the p-th field of the original's order; imported weights need it).
+    # Which positional-table row each field gets: "original" (the row of its position in the
+    # original's packed-field order, as NeuralDX7 did; imported weights need it) or "canonical"
+    # (row p for field p). Either trains equally well; only imports care.
     position_order: str = "original"
 
     def __post_init__(self):
