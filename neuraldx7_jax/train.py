@@ -102,13 +102,15 @@ def make_train_step(cfg, mesh):
 
 
 def make_eval_step(model_cfg):
-    """Jitted `(params, x, eps) -> per-voice terms` plus argmax accuracy of the posterior mean."""
+    """Jitted `(params, x, eps) -> per-voice terms` plus argmax accuracy of the posterior mean.
+    Logits are masked as in generation: the figures describe the voices the model makes."""
     model = VAE(model_cfg)
 
     @jax.jit
     def eval_step(params, x_BxN, eps_BxZ):
-        sampled = loss_terms(model.apply({"params": params}, x_BxN, eps_BxZ), x_BxN)
-        mean = loss_terms(model.apply({"params": params}, x_BxN, jnp.zeros_like(eps_BxZ)), x_BxN)
+        sampled = loss_terms(model.apply({"params": params}, x_BxN, eps_BxZ), x_BxN, masked_ce=True)
+        mean = loss_terms(model.apply({"params": params}, x_BxN, jnp.zeros_like(eps_BxZ)), x_BxN,
+                          masked_ce=True)
         return dict(ce=mean["ce"], accuracy=mean["accuracy"], kl=sampled["kl"],
                     neg_elbo_per_param=sampled["ce"] + sampled["kl"] * model_cfg.latent / dx7.N_PARAMS)
 
