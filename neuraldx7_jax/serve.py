@@ -1,0 +1,381 @@
+"""A local "this DX7 cartridge does not exist" page: a small JSON API over the samplers, one static page.
+
+Every answer is a pure function of the request (seed, temperature, voice index, latent, note), so
+requests share only read-only state (the model, its compiled functions) and two caches behind a
+lock. Audio goes through the optional `audio` extra; without it the API and the page say how to
+install it. The standard library serves it (`http.server.ThreadingHTTPServer`): docs/serve.md says why.
+"""
+import collections
+import http.server
+import importlib.util
+import io
+import json
+import math
+import re
+import secrets
+import socket
+import sys
+import threading
+import traceback
+import urllib.parse
+import wave
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from neuraldx7_jax import dx7, sample
+from neuraldx7_jax.errors import Error
+
+HOST = "127.0.0.1"
+PORT = 8000
+WEB = Path(__file__).resolve().parent / "web"
+CARTRIDGE = 32  # voices per cartridge, and rows per device call: one shape, compiled once
+SPAN = 3.0  # sliders span mean +/- SPAN std of each latent dimension, like live control's CCs
+MAX_SEED = 2 ** 32 - 1
+NOTE_SECONDS = 1.5  # length of each rendered note
+AUDIO_INSTALL = 'pip install "neuraldx7-jax[audio]"'
+ALG = next(p.index for p in dx7.PARAMS if p.name == "ALG")  # 134; shown 1-32
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+_HEADERS = {"Content-Security-Policy": "default-src 'self'",  # nothing from elsewhere, no inline script
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class Response(NamedTuple):
+    """One HTTP answer."""
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict = {}
+
+
+class BadRequest(Exception):
+    """A request the client can fix: answered with `status` and a JSON body {"error", "status"}."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+def _json(obj, status=200, headers=None):
+    return Response(status, "application/json", json.dumps(obj).encode(), headers or {})
+
+
+def _error(status, message, headers=None):
+    return _json({"error": message, "status": status}, status, headers)
+
+
+class LruCache:
+    """A small thread-safe least-recently-used map; size 0 keeps nothing. A miss computes outside
+    the lock, so one slow request does not hold up the others (two may compute the same value)."""
+
+    def __init__(self, size):
+        self._size, self._items, self._lock = size, collections.OrderedDict(), threading.Lock()
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            if self._size:
+                self._items[key] = value
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+        return value
+
+
+def latent_ranges(model):
+    """(low (Z,), center (Z,), high (Z,), source) of the sliders: mean -/+ SPAN std from the
+    model's `features` summary, or -/+ SPAN around 0 (the prior) when it has none."""
+    latent = model.config.model.latent
+    if model.features is None:
+        return -SPAN * np.ones(latent), np.zeros(latent), SPAN * np.ones(latent), "prior"
+    mean, std = (np.asarray(model.features.get(k, ()), np.float64) for k in ("mean", "std"))
+    if mean.shape != (latent,) or std.shape != (latent,) or not (np.all(std > 0) and np.all(np.isfinite(mean))):
+        raise Error(f"{sample.features_path(model.path)}: the summary needs {latent} finite means and "
+                    f"{latent} positive stds; run `neuraldx7 features` again")
+    return mean - SPAN * std, mean, mean + SPAN * std, "features"
+
+
+def audio_available():
+    """Whether the `audio` extra's engine (dexed-py) is installed."""
+    return importlib.util.find_spec("dexed") is not None
+
+
+def wav_bytes(signal, sample_rate):
+    """Mono audio in [-1, 1] -> 16-bit PCM WAV bytes (as `audio.write_wav` writes to a file)."""
+    pcm = np.round(np.clip(np.asarray(signal, np.float64), -1, 1) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def describe(index, voice):
+    """The page's summary of one voice: number (1-32), name, algorithm (1-32)."""
+    return {"index": index, "name": dx7.voice_name(voice), "algorithm": int(voice[ALG]) + 1}
+
+
+# Query parameters: each parser takes the parsed query and raises BadRequest.
+
+def _one(query, name):
+    values = query.get(name)
+    if values is not None and len(values) > 1:
+        raise BadRequest(f"{name} is given {len(values)} times")
+    return None if values is None else values[0]
+
+
+def _whole(query, name, low, high, default=None):
+    text = _one(query, name)
+    if text is None:
+        if default is None:
+            raise BadRequest(f"{name} is required: an integer in {low}..{high}")
+        return default
+    if not re.fullmatch(r"[0-9]{1,10}", text) or not low <= int(text) <= high:
+        raise BadRequest(f"bad {name} {text!r}: expected an integer in {low}..{high}")
+    return int(text)
+
+
+def _temperature(query):
+    text = _one(query, "temperature")
+    if text is None:
+        return 0.0
+    try:
+        t = float(text)
+    except ValueError:
+        t = math.nan
+    if not (t >= 0 and math.isfinite(t)):
+        raise BadRequest(f"bad temperature {text!r}: expected a finite number >= 0")
+    return t
+
+
+def _latent(query, latent):
+    text = _one(query, "z")
+    if text is None:
+        return None
+    try:
+        z = [float(x) for x in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise BadRequest(f"bad latent z {text!r}: expected {latent} comma-separated numbers") from None
+    if len(z) != latent:
+        raise BadRequest(f"wrong latent length: z has {len(z)} numbers, the model's latent has {latent}")
+    if not all(map(math.isfinite, z)):
+        raise BadRequest(f"bad latent z {text!r}: the numbers must be finite")
+    return np.asarray(z, np.float32)
+
+
+class App:
+    """The page and its API, independent of the HTTP server: `respond(method, target) -> Response`.
+
+    Construction compiles what the page calls (prior sampling and decoding of one cartridge, at
+    temperature 0 and above), so the first visitor does not wait. `audio` None detects the extra.
+    """
+
+    ROUTES = {  # path -> (method, query parameters it takes)
+        "/api/info": ("info", ()),
+        "/api/cartridge": ("cartridge", ("seed", "temperature")),
+        "/api/cartridge.syx": ("cartridge_syx", ("seed", "temperature")),
+        "/api/voice": ("voice_json", ("seed", "temperature", "index", "z")),
+        "/api/voice.wav": ("voice_wav", ("seed", "temperature", "index", "z", "note")),
+        "/api/voice.syx": ("voice_syx", ("seed", "temperature", "index", "z")),
+    }
+
+    def __init__(self, model, audio=None, cache_size=64):
+        self.model = model
+        self.latent = model.config.model.latent
+        self.low, self.center, self.high, self.range_source = latent_ranges(model)
+        self.audio = audio_available() if audio is None else bool(audio)
+        self._cartridges = LruCache(cache_size)
+        self._wavs = LruCache(cache_size)
+        self._render_lock = threading.Lock()  # `audio` keeps one Dexed synth per rate: renders take turns
+        self._static = {"/": WEB / "index.html", **{f"/{p.name}": p for p in WEB.iterdir() if p.suffix in _TYPES}}
+        for temperature in (0.0, 1.0):  # compile: greedy and sampled, prior and decode
+            z, _ = self.cartridge_voices(0, temperature)
+            self.voice(0, temperature, 1, z[0])
+
+    # The model's side: everything from (seed, temperature, index, latent).
+
+    def cartridge_voices(self, seed, temperature):
+        """(z (32, Z) float32, voices (32, 155) uint8) of cartridge (seed, temperature): what
+        `neuraldx7 generate --seed SEED --temperature T` writes."""
+        def make():
+            (z, voices), = sample.sample_prior_chunks(self.model, CARTRIDGE, temperature, seed,
+                                                      chunk=CARTRIDGE, latents=True)
+            return z, sample.clean_names(voices)
+        return self._cartridges.get((seed, temperature), make)
+
+    def voice(self, seed, temperature, index, z=None):
+        """(z, voice) of voice `index` (1-32) of cartridge (seed, temperature) or, given `z`, of
+        that voice moved to latent z: decoded with the same value noise (row `index` of the
+        seed's first block), so its own latent gives the voice back exactly."""
+        if z is None:
+            zs, voices = self.cartridge_voices(seed, temperature)
+            return zs[index - 1], voices[index - 1]
+        z = np.asarray(z, np.float32)
+        rows = np.repeat(z[None], CARTRIDGE, axis=0)  # (32, Z): one compiled shape
+        return z, sample.clean_names(sample.decode(self.model, rows, temperature, seed, chunk=CARTRIDGE))[index - 1]
+
+    def wav(self, voice, note):
+        """WAV bytes of one note of `voice` rendered through Dexed (the `audio` extra)."""
+        from neuraldx7_jax import audio
+
+        def make():
+            with self._render_lock:
+                signal = audio.render(voice, note=note, seconds=NOTE_SECONDS)
+            return wav_bytes(signal, audio.SAMPLE_RATE)
+        return self._wavs.get((voice.tobytes(), note), make)
+
+    # The HTTP side: parse, dispatch, answer.
+
+    def respond(self, method, target):
+        """The answer to `method target`; client errors are 4xx with a JSON body {"error", "status"}."""
+        url = urllib.parse.urlsplit(target)
+        if url.path not in self.ROUTES and url.path not in self._static:
+            return _error(404, f"no such page or endpoint: {url.path}")
+        if method not in ("GET", "HEAD"):
+            return _error(405, f"{method} is not allowed here; use GET", {"Allow": "GET, HEAD"})
+        if url.path in self._static:  # the page reads its own ?seed=&temperature=
+            file = self._static[url.path]
+            return Response(200, _TYPES[file.suffix], file.read_bytes())
+        name, allowed = self.ROUTES[url.path]
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        try:
+            unknown = sorted(set(query) - set(allowed))
+            if unknown:
+                raise BadRequest(f"unknown parameter {', '.join(unknown)}; {url.path} takes "
+                                 f"{', '.join(allowed) or 'no parameters'}")
+            return getattr(self, name)(query)
+        except BadRequest as e:
+            return _error(e.status, str(e))
+        except Error as e:
+            return _error(400, str(e))
+
+    def info(self, query):
+        return _json({"latent": self.latent, "low": self.low.tolist(), "center": self.center.tolist(),
+                      "high": self.high.tolist(), "range_source": self.range_source,
+                      "audio": self.audio, "audio_install": AUDIO_INSTALL, "voices": CARTRIDGE,
+                      "model": {"path": str(self.model.path), "step": self.model.meta.get("step")}})
+
+    def cartridge(self, query):
+        seed = _whole(query, "seed", 0, MAX_SEED) if "seed" in query else secrets.randbelow(2 ** 31)
+        temperature = _temperature(query)
+        z, voices = self.cartridge_voices(seed, temperature)
+        return _json({"seed": seed, "temperature": temperature,
+                      "voices": [describe(i + 1, v) for i, v in enumerate(voices)],
+                      "latents": z.astype(np.float64).tolist()})
+
+    def cartridge_syx(self, query):
+        seed, temperature = _whole(query, "seed", 0, MAX_SEED), _temperature(query)
+        _, voices = self.cartridge_voices(seed, temperature)
+        return Response(200, "application/octet-stream", dx7.cartridge_message(voices),
+                        _attachment(f"neuraldx7_seed{seed}_t{temperature:g}.syx"))
+
+    def _voice_request(self, query):
+        seed, temperature = _whole(query, "seed", 0, MAX_SEED), _temperature(query)
+        index = _whole(query, "index", 1, CARTRIDGE)
+        z, voice = self.voice(seed, temperature, index, _latent(query, self.latent))
+        return dict(seed=seed, temperature=temperature, index=index), z, voice
+
+    def voice_json(self, query):
+        request, z, voice = self._voice_request(query)
+        return _json({**request, **describe(request["index"], voice),
+                      "z": z.astype(np.float64).tolist(), "values": voice.tolist()})
+
+    def voice_wav(self, query):
+        note = _whole(query, "note", 0, 127, default=60)
+        _, _, voice = self._voice_request(query)
+        if not self.audio:
+            raise BadRequest(f"playing voices needs the audio extra: {AUDIO_INSTALL}", status=501)
+        return Response(200, "audio/wav", self.wav(voice, note))
+
+    def voice_syx(self, query):
+        request, _, voice = self._voice_request(query)
+        edited = "_edit" if "z" in query else ""
+        return Response(200, "application/octet-stream", dx7.single_voice_message(voice), _attachment(
+            f"neuraldx7_seed{request['seed']}_t{request['temperature']:g}_voice{request['index']}{edited}.syx"))
+
+
+def _attachment(filename):
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Writes `app.respond`'s answers; one thread per connection (ThreadingHTTPServer)."""
+    app: App  # set by make_server
+    server_version = "neuraldx7"
+
+    def _answer(self, method):
+        try:
+            response = self.app.respond(method, self.path)
+        except Exception:  # a bug, not the client's fault: say so and keep serving
+            traceback.print_exc(file=sys.stderr)
+            response = _error(500, "internal error; the server's output has the details")
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for key, value in {**_HEADERS, **response.headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(response.body)
+
+    def do_GET(self):
+        self._answer("GET")
+
+    def do_HEAD(self):
+        self._answer("HEAD")
+
+    def do_POST(self):
+        self._answer("POST")
+
+    def do_PUT(self):
+        self._answer("PUT")
+
+    def do_DELETE(self):
+        self._answer("DELETE")
+
+    def log_message(self, format, *args):
+        pass  # quiet: client errors are in the answers, server errors go to stderr
+
+
+def make_server(app, host=HOST, port=PORT):
+    """A ThreadingHTTPServer for `app` bound to host:port (port 0: a free one), not yet serving."""
+    handler = type("Handler", (_Handler,), {"app": app})
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family})
+    try:
+        return server_class((host, port), handler)
+    except OSError as e:
+        raise Error(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host") from None
+
+
+def url_of(server):
+    """http://HOST:PORT/ of a bound server."""
+    host, port = server.server_address[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def run(checkpoint=None, host=HOST, port=PORT, announce=print):
+    """Loads the model, compiles, binds, announces the URL, then serves until interrupted."""
+    model = sample.load_model(checkpoint)
+    announce(f"loaded {model.path}; compiling...")
+    app = App(model)
+    server = make_server(app, host, port)
+    if not app.audio:
+        announce(f"note: voices cannot be played; that needs the audio extra: {AUDIO_INSTALL}")
+    if host not in _LOOPBACK:
+        announce(f"warning: listening on {host}: whoever reaches this machine can use the page")
+    announce(f"serving on {url_of(server)} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
