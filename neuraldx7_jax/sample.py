@@ -1,31 +1,64 @@
-"""Jitted samplers: prior sampling, decoding latents to voices, encoding voices to posteriors."""
+"""Jitted samplers (prior sampling, decoding latents, encoding voices) and the studies built on them.
+
+Every batched sampler runs fixed-size chunks sharded over all devices (the 1-D `data` mesh of
+`train.make_mesh`) and streams them to the host one chunk behind the device, so memory stays
+bounded whatever the count. Noise is drawn in blocks of BLOCK rows, block i from
+`fold_in(key, i)` in one call, so a seed gives the same voices whatever the chunk size and the
+number of devices, and the first n voices of a longer request are the n voices of a shorter one.
+"""
+import collections
+import functools
+import io
+import json
+import math
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
-from neuraldx7_jax import train
+from neuraldx7_jax import data, dx7, train
 from neuraldx7_jax.config import Config
+from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
+FEATURES_FILE = "features.json"  # per-dimension latent summary, beside the checkpoints
+BLOCK = 32  # rows per noise block (one cartridge); block i draws from fold_in(key, i)
+CHUNK = None  # rows per device call: None = `default_chunk()`; only speed and memory depend on it
 
 
 class Model(NamedTuple):
-    """A trained model: its config, parameters, and checkpoint metadata (dataset facts, features)."""
+    """A trained model: its config, parameters, checkpoint metadata and latent features (or None)."""
     config: Config
     params: Any
     meta: dict
     path: Path
+    features: dict | None = None  # features.json: {"mean": [Z], "std": [Z], "dataset", "count"}
+
+
+def features_path(checkpoint):
+    """Where `neuraldx7 features` stores the latent summary of the model in `checkpoint`."""
+    return train._checkpoint_dir(checkpoint) / FEATURES_FILE
 
 
 def load_model(checkpoint=None):
     """The model in `checkpoint` (a work directory or checkpoints folder), or the bundled one."""
     path = Path(checkpoint) if checkpoint is not None else BUNDLED
+    if checkpoint is None and not path.is_dir():
+        raise Error("no bundled model in this installation; pass --checkpoint DIR")
     cfg, params, meta = train.load_checkpoint(path)
-    return Model(cfg, jax.tree.map(jnp.asarray, params), meta, path)
+    features = None
+    if features_path(path).is_file():
+        try:
+            features = json.loads(features_path(path).read_text())
+        except ValueError:
+            raise Error(f"{features_path(path)}: not JSON; run `neuraldx7 features` again") from None
+    return Model(cfg, jax.tree.map(jnp.asarray, params), meta, path, features)
 
 
 def decode_logits(model_cfg, params, z_BxZ):
@@ -46,7 +79,478 @@ def make_decoder(model_cfg):
     return jax.jit(lambda params, z: voices_from_logits(decode_logits(model_cfg, params, z), None, 0))
 
 
-def decode(model, z, temperature=0.0, seed=0):
-    """Host convenience: latents (B, Z) -> voices (B, 155) uint8 numpy."""
-    logits = jax.jit(decode_logits, static_argnums=0)(model.config.model, model.params, jnp.asarray(z))
-    return np.asarray(voices_from_logits(logits, jax.random.key(seed), temperature))
+# Sharded, chunked device functions.
+
+@functools.lru_cache(maxsize=None)
+def _shardings():
+    mesh = train.make_mesh()
+    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+
+def default_chunk():
+    """Rows per device call when none is given: 256 on CPU (faster than larger calls there), 4096
+    on accelerators."""
+    return 256 if jax.default_backend() == "cpu" else 4096
+
+
+def _rows_per_call(count, chunk):
+    """Rows of one device call: a multiple of BLOCK and of the device count, `chunk` rounded up,
+    or for fewer voices the power-of-two multiple that holds them (few shapes, few compilations)."""
+    chunk = default_chunk() if chunk is None else chunk
+    if chunk < 1:
+        raise Error(f"the batch size must be positive, got {chunk}")
+    step = math.lcm(BLOCK, jax.device_count())
+    most = -(-chunk // step) * step
+    return min(most, step * 2 ** math.ceil(math.log2(max(1, -(-count // step)))))
+
+
+def _key_streams(seed):
+    """Independent keys by purpose: prior latents, value sampling, posterior noise."""
+    latent, value, posterior = jax.random.split(jax.random.key(seed), 3)
+    return dict(latent=latent, value=value, posterior=posterior)
+
+
+def _block_noise(key, first_block, blocks, draw):
+    """(blocks * BLOCK, ...) noise: block b is `draw(fold_in(key, first_block + b))`."""
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, first_block + jnp.arange(blocks))
+    noise = jax.vmap(draw)(keys)  # (blocks, BLOCK, ...)
+    return noise.reshape(-1, *noise.shape[2:])
+
+
+def _pick(logits_BxNxV, key, first_block, temperature, greedy):
+    """Voices from masked logits: argmax, or at `temperature` a draw from softmax(logits / T) by
+    inverting its CDF with one uniform per value (block noise; 128x fewer random numbers than
+    Gumbel-max). Out-of-range values have probability 0 and are never drawn."""
+    if greedy:
+        return jnp.argmax(logits_BxNxV, -1).astype(jnp.uint8)
+    b, n, _ = logits_BxNxV.shape
+    u_BxN = _block_noise(key, first_block, b // BLOCK, lambda k: jax.random.uniform(k, (BLOCK, n)))
+    u_BxN = jax.lax.with_sharding_constraint(u_BxN, _shardings()[0])
+    scaled = logits_BxNxV / temperature
+    cdf = jnp.cumsum(jnp.exp(scaled - scaled.max(-1, keepdims=True)), -1)  # unnormalised
+    value = jnp.sum(cdf < u_BxN[..., None] * cdf[..., -1:], -1)
+    return jnp.minimum(value, jnp.asarray(dx7.MAX, value.dtype)).astype(jnp.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _prior_fn(model_cfg, rows, greedy):
+    """Jitted `(params, latent_key, value_key, first_block, temperature) -> (z, voices)` for `rows`
+    prior samples; `greedy` (temperature 0) takes the argmax."""
+    def fn(params, latent_key, value_key, first_block, temperature):
+        z = _block_noise(latent_key, first_block, rows // BLOCK,
+                         lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
+        z = jax.lax.with_sharding_constraint(z, _shardings()[0])  # (rows, Z)
+        return z, _pick(decode_logits(model_cfg, params, z), value_key, first_block, temperature, greedy)
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_fn(model_cfg, greedy):
+    """Jitted `(params, z, value_key, first_block, temperature) -> voices`."""
+    def fn(params, z_BxZ, value_key, first_block, temperature):
+        return _pick(decode_logits(model_cfg, params, z_BxZ), value_key, first_block, temperature, greedy)
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_fn(model_cfg):
+    """Jitted `(params, x, key, first_block, spread) -> dict(mu, sigma, z0, zk)`, eps = spread * noise."""
+    vae = VAE(model_cfg)
+
+    def fn(params, x_BxN, key, first_block, spread):
+        eps = _block_noise(key, first_block, x_BxN.shape[0] // BLOCK,
+                           lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
+        eps = jax.lax.with_sharding_constraint(spread * eps, _shardings()[0])
+        out = vae.apply({"params": params}, x_BxN, eps, method=vae.encode)
+        return {k: out[k] for k in ("mu", "sigma", "z0", "zk")}
+    return jax.jit(fn)
+
+
+def _replicated(params):
+    return jax.device_put(params, _shardings()[1])
+
+
+def _rows_on_devices(array, start, rows):
+    """array[start:start + rows], zero-padded to `rows`, split over the devices."""
+    part = np.asarray(array[start:start + rows])
+    part = np.pad(part, ((0, rows - len(part)),) + ((0, 0),) * (part.ndim - 1))
+    return jax.device_put(part, _shardings()[0])
+
+
+def _stream(run, count, rows):
+    """Yields `run(start)` for start = 0, rows, ... < count as numpy, cut to `count` rows in all.
+    The next call is dispatched before the host waits for the current one."""
+    pending = collections.deque()
+    for start in range(0, count, rows):
+        pending.append((start, run(start)))
+        if len(pending) == 2:
+            start_, out = pending.popleft()
+            yield jax.tree.map(lambda a: np.asarray(a)[:count - start_], out)
+    while pending:
+        start_, out = pending.popleft()
+        yield jax.tree.map(lambda a: np.asarray(a)[:count - start_], out)
+
+
+def _check_temperature(temperature):
+    temperature = float(temperature)
+    if not temperature >= 0 or math.isinf(temperature):
+        raise Error(f"the temperature must be a finite number >= 0, got {temperature}")
+    return temperature
+
+
+def _check_voices(voices):
+    voices = np.asarray(voices)
+    if voices.ndim != 2 or voices.shape[1] != dx7.N_PARAMS:
+        raise Error(f"expected voices of shape (n, {dx7.N_PARAMS}), got {voices.shape}")
+    if voices.size and (voices.min() < 0 or voices.max() >= dx7.N_VALUES):
+        raise Error("voice values must be in 0..127")
+    return voices.astype(np.int32)
+
+
+# Public samplers.
+
+def sample_prior_chunks(model, count, temperature=0.0, seed=0, chunk=CHUNK, latents=False):
+    """Yields `count` voices z ~ N(0, I) -> decoder, as (<= chunk, 155) uint8 chunks (with
+    `latents`, (z, voices) pairs). temperature 0 is argmax, else softmax(logits / temperature)."""
+    temperature = _check_temperature(temperature)
+    rows = _rows_per_call(count, chunk)
+    fn = _prior_fn(model.config.model, rows, temperature == 0)
+    params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
+    for z, voices in _stream(lambda s: fn(params, keys["latent"], keys["value"], s // BLOCK, t), count, rows):
+        yield (z, voices) if latents else voices
+
+
+def sample_prior(model, count, temperature=0.0, seed=0, chunk=CHUNK):
+    """(count, 155) uint8 voices from the prior; see `sample_prior_chunks`."""
+    chunks = list(sample_prior_chunks(model, count, temperature, seed, chunk))
+    return np.concatenate(chunks) if chunks else np.zeros((0, dx7.N_PARAMS), np.uint8)
+
+
+def decode(model, z, temperature=0.0, seed=0, chunk=CHUNK):
+    """Latents (B, Z) -> voices (B, 155) uint8 numpy; argmax at temperature 0. Row r uses the
+    value noise of row r of `sample_prior_chunks` with the same seed, so decoding its latents
+    gives its voices back."""
+    temperature = _check_temperature(temperature)
+    z = np.asarray(z, np.float32)
+    if z.ndim != 2 or z.shape[1] != model.config.model.latent:
+        raise Error(f"expected latents of shape (n, {model.config.model.latent}), got {z.shape}")
+    rows = _rows_per_call(len(z), chunk)
+    fn, params, key = _decode_fn(model.config.model, temperature == 0), _replicated(model.params), _key_streams(seed)
+    t = jnp.float32(temperature)
+    out = list(_stream(lambda s: fn(params, _rows_on_devices(z, s, rows), key["value"], s // BLOCK, t),
+                       len(z), rows))
+    return np.concatenate(out) if out else np.zeros((0, dx7.N_PARAMS), np.uint8)
+
+
+def encode(model, voices, spread=0.0, seed=0, chunk=CHUNK):
+    """Voices (n, 155) -> dict(mu, sigma, z0, zk) numpy (n, Z): the posterior N(mu, sigma), z0 =
+    mu + spread * sigma * eps and its flowed z_K (spread 0: the posterior mean, what decoding uses)."""
+    voices = _check_voices(voices)
+    rows = _rows_per_call(len(voices), chunk)
+    fn, params, key = _encode_fn(model.config.model), _replicated(model.params), _key_streams(seed)
+    out = list(_stream(lambda s: fn(params, _rows_on_devices(voices, s, rows), key["posterior"], s // BLOCK,
+                                    jnp.float32(spread)), len(voices), rows))
+    if not out:
+        return {k: np.zeros((0, model.config.model.latent), np.float32) for k in ("mu", "sigma", "z0", "zk")}
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+def reconstruct(model, voices, chunk=CHUNK):
+    """Voices -> their reconstructions: posterior mean, flowed, decoded by argmax."""
+    return decode(model, encode(model, voices, chunk=chunk)["zk"], chunk=chunk)
+
+
+def interpolate(model, voice_a, voice_b, steps=32, slerp=False):
+    """`steps` voices from A's latent to B's (posterior mean, flowed), linear or spherical;
+    the first and last are A's and B's reconstructions. Returns (voices, z)."""
+    if steps < 2:
+        raise Error(f"interpolation needs at least 2 steps, got {steps}")
+    za, zb = encode(model, np.stack([voice_a, voice_b]))["zk"].astype(np.float64)
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    cos = za @ zb / max(np.linalg.norm(za) * np.linalg.norm(zb), 1e-12)
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if slerp and np.sin(omega) > 1e-6:
+        z = (np.sin((1 - t) * omega) * za + np.sin(t * omega) * zb) / np.sin(omega)
+    else:
+        z = (1 - t) * za + t * zb
+    z = z.astype(np.float32)
+    z[0], z[-1] = za, zb
+    return decode(model, z), z
+
+
+def variations(model, voice, count=32, spread=1.0, seed=0, temperature=0.0):
+    """`count` voices around `voice`'s posterior: z0 = mu + spread * sigma * eps, flowed, decoded.
+    spread 0 gives the reconstruction `count` times."""
+    if spread < 0:
+        raise Error(f"the spread must be >= 0, got {spread}")
+    x = np.repeat(np.asarray(voice).reshape(1, -1), count, axis=0)
+    return decode(model, encode(model, x, spread=spread, seed=seed)["zk"], temperature, seed)
+
+
+def clean_names(voices):
+    """A copy of `voices` whose name characters outside printable ASCII (32..126) are spaces."""
+    voices = np.array(voices, np.uint8)
+    names = voices[:, dx7.NAME]
+    names[(names < 32) | (names > 126)] = 32
+    voices[:, dx7.NAME] = names
+    return voices
+
+
+# Voices from files, cartridges to files.
+
+def load_voice(spec):
+    """One voice from `FILE:INDEX` (any DX7 file) or `DATASET.npz:SPLIT:INDEX`, 1-based."""
+    head, sep, index = spec.rpartition(":")
+    if not sep or not index.strip().isdigit():
+        raise Error(f"{spec}: expected FILE:INDEX or DATASET.npz:SPLIT:INDEX (INDEX from 1)")
+    voices = load_voices(head)
+    i = int(index)
+    if not 1 <= i <= len(voices):
+        raise Error(f"{spec}: no voice {i}; {head} holds {len(voices)} (numbered from 1)")
+    return voices[i - 1]
+
+
+def load_voices(spec):
+    """Voices from a DX7 file, a dataset `X.npz` (both splits) or `X.npz:SPLIT`."""
+    file, sep, split = spec.rpartition(":")
+    if sep and split in data.SPLITS and file.lower().endswith(".npz"):
+        return data.load_dataset(file)[split]
+    if spec.lower().endswith(".npz"):
+        arrays = data.load_dataset(spec)
+        return np.concatenate([arrays[s] for s in data.SPLITS])
+    return dx7.load(spec)
+
+
+def cartridge_paths(out, count):
+    """`out` itself for one cartridge, else out_001.syx, out_002.syx, ..."""
+    out = Path(out)
+    if count == 1:
+        return [out]
+    width = max(3, len(str(count)))
+    return [out.with_name(f"{out.stem}_{i:0{width}d}{out.suffix or '.syx'}") for i in range(1, count + 1)]
+
+
+def save_voices(out, voices):
+    """Writes voices as cartridges in one file, padding to a multiple of 32 by repeating the
+    last voice. Returns the number of voices written."""
+    voices = clean_names(voices)
+    pad = -len(voices) % 32
+    voices = np.concatenate([voices, np.repeat(voices[-1:], pad, axis=0)])
+    dx7.save_cartridge(out, voices)
+    return len(voices)
+
+
+def generate_cartridges(model, out, count=1, temperature=0.0, seed=0, chunk=CHUNK):
+    """Samples `count` 32-voice cartridges from the prior and writes them (see `cartridge_paths`),
+    each as soon as it is complete. Yields (path, voice names) per cartridge."""
+    if count < 1:
+        raise Error(f"the cartridge count must be positive, got {count}")
+    paths = cartridge_paths(out, count)
+    buffer = np.zeros((0, dx7.N_PARAMS), np.uint8)
+    for voices in sample_prior_chunks(model, 32 * count, temperature, seed, chunk):
+        buffer = np.concatenate([buffer, voices])
+        while len(buffer) >= 32:
+            cart, buffer = clean_names(buffer[:32]), buffer[32:]
+            path = paths.pop(0)
+            dx7.save_cartridge(path, cart)
+            yield path, [dx7.voice_name(v) for v in cart]
+
+
+# Uniqueness and novelty: exact, streaming.
+
+_HASH = np.random.PCG64(0x0D37).random_raw((dx7.N_PARAMS, 2)).astype(np.uint64)  # fixed random multipliers
+
+
+def row_keys(rows):
+    """(n, k <= 155) uint8 -> (n, 2) uint64: sum_i row_i * r_i mod 2^64 with random r_i, twice.
+    Distinct rows share a key with probability <= 2^-116 (their difference is < 128 per value)."""
+    rows = np.asarray(rows, np.uint8)
+    return rows.astype(np.uint64) @ _HASH[:rows.shape[1]]
+
+
+def _unique_keys(keys):
+    keys = keys[np.lexsort((keys[:, 1], keys[:, 0]))]
+    keep = np.ones(len(keys), bool)
+    keep[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    return keys[keep]
+
+
+class DistinctCounter:
+    """Counts the distinct rows of a stream by their 128-bit `row_keys`; memory is ~16 bytes per
+    distinct row (sorted keys, merged when the new keys outnumber them), never the whole stream."""
+
+    def __init__(self, merge_at=1 << 16):
+        self._keys = np.zeros((0, 2), np.uint64)
+        self._pending, self._n_pending = [], 0
+        self._merge_at = merge_at  # smallest number of new keys worth a merge
+
+    def add(self, rows):
+        keys = _unique_keys(row_keys(rows))
+        self._pending.append(keys)
+        self._n_pending += len(keys)
+        if self._n_pending >= max(len(self._keys), self._merge_at):
+            self._merge()
+
+    def _merge(self):
+        if self._pending:
+            self._keys = _unique_keys(np.concatenate([self._keys, *self._pending]))
+            self._pending, self._n_pending = [], 0
+
+    def __len__(self):
+        self._merge()
+        return len(self._keys)
+
+
+class RowSet:
+    """Exact membership in a fixed set of rows (e.g. the training voices): a 64-bit key finds
+    the candidates, comparing the rows themselves decides."""
+
+    def __init__(self, rows):
+        rows = np.ascontiguousarray(rows, np.uint8)
+        width = rows.shape[1]
+        rows = np.unique(rows.view(np.dtype((np.void, width)))[:, 0]).view(np.uint8).reshape(-1, width)
+        keys = row_keys(rows)[:, 0]
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._rows = keys[order], rows[order]
+
+    def __len__(self):
+        return len(self._rows)
+
+    def contains(self, rows):
+        """(n, k) -> (n,) bool: whether each row is in the set."""
+        rows = np.asarray(rows, np.uint8)
+        keys = row_keys(rows)[:, 0]
+        lo = np.searchsorted(self._keys, keys, "left")
+        hi = np.searchsorted(self._keys, keys, "right")
+        found = np.zeros(len(rows), bool)
+        candidates = np.flatnonzero(lo < hi)
+        found[candidates] = np.all(self._rows[lo[candidates]] == rows[candidates], axis=1)
+        for i in candidates[(hi[candidates] - lo[candidates] > 1) & ~found[candidates]]:
+            found[i] = np.any(np.all(self._rows[lo[i]:hi[i]] == rows[i], axis=1))  # 64-bit key collision
+        return found
+
+
+def count_uniqueness(chunks, training=None):
+    """Uniqueness of a stream of (n, 155) voice chunks: samples, distinct (over the 155 values),
+    valid, and, given the training voices, novel (no training voice equal on the 145 non-name
+    values) and training_copies (equal on all 155). Fractions are of the samples."""
+    distinct = DistinctCounter()
+    same_params = RowSet(training[:, dx7.NON_NAME]) if training is not None else None
+    same_voice = RowSet(training) if training is not None else None
+    n = valid = novel = copies = 0
+    for voices in chunks:
+        n += len(voices)
+        valid += int(dx7.is_valid(voices).sum())
+        distinct.add(voices)
+        if training is not None:
+            novel += int((~same_params.contains(voices[:, dx7.NON_NAME])).sum())
+            copies += int(same_voice.contains(voices).sum())
+    d = len(distinct)
+    return dict(samples=n, distinct=d, unique_fraction=d / n if n else None,
+                valid_fraction=valid / n if n else None,
+                novel=novel if training is not None else None,
+                novel_fraction=novel / n if n and training is not None else None,
+                training_copies=copies if training is not None else None)
+
+
+def training_voices(model, data_path=None):
+    """(train voices or None, dataset path, why None): the checkpoint's training set, or `data_path`'s."""
+    path = data_path or model.meta.get("dataset", {}).get("path")
+    if path is None:
+        return None, None, "the checkpoint names no dataset; pass --data"
+    if data_path is None and not Path(path).is_file():
+        return None, path, f"the checkpoint's dataset {path} is not found; pass --data"
+    return data.load_dataset(path)["train"], path, None
+
+
+def duplicates_study(model, samples, chunk=CHUNK, temperature=0.0, seed=0, training=None, progress=True):
+    """The original's uniqueness study: `samples` prior voices counted by `count_uniqueness`, plus
+    timing (`throughput` in samples/s, compilation excluded)."""
+    if samples < 1:
+        raise Error(f"the sample count must be positive, got {samples}")
+    chunk = default_chunk() if chunk is None else chunk
+    t0 = time.perf_counter()
+    next(sample_prior_chunks(model, min(samples, chunk), temperature, seed, chunk))  # compiles
+    compile_s = time.perf_counter() - t0
+    bar = tqdm(total=samples, unit="voice", disable=not progress, dynamic_ncols=True, leave=False)
+
+    def chunks():
+        for voices in sample_prior_chunks(model, samples, temperature, seed, chunk):
+            yield voices
+            bar.update(len(voices))
+
+    t0 = time.perf_counter()
+    stats = count_uniqueness(chunks(), training)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    return dict(stats, throughput=samples / seconds, seconds=seconds, compile_seconds=compile_s,
+                temperature=float(temperature), seed=seed, devices=jax.device_count())
+
+
+# Evaluation and latent features.
+
+def marginal_baseline(training):
+    """(155, 128) per-parameter value probabilities of `training`, Laplace-smoothed over in-range values."""
+    training = np.asarray(training, np.int64)
+    flat = (np.arange(dx7.N_PARAMS) * dx7.N_VALUES + training).ravel()
+    counts = np.bincount(flat, minlength=dx7.N_PARAMS * dx7.N_VALUES).reshape(dx7.N_PARAMS, dx7.N_VALUES)
+    smoothed = np.where(dx7.value_mask(), counts + 1.0, 0.0)
+    return smoothed / smoothed.sum(-1, keepdims=True)
+
+
+def baseline_figures(probs, voices):
+    """Mode accuracy and CE per parameter (nats) of valid `voices` under per-parameter `probs`."""
+    voices = np.asarray(voices, np.int64)
+    p = probs[np.arange(dx7.N_PARAMS), voices]  # (n, 155)
+    ce = float(-np.log(p).mean())
+    return dict(mode_accuracy=float((voices == probs.argmax(-1)).mean()), ce_per_param=ce, neg_elbo_per_param=ce)
+
+
+def evaluate_voices(model, voices, training=None):
+    """Validity of each voice and, over the valid ones, the model's reconstruction accuracy
+    (posterior mean, argmax), CE and -ELBO per parameter (nats; `train.evaluate`), beside the
+    per-parameter marginal baseline of `training` (None without it)."""
+    voices = _check_voices(voices).astype(np.uint8)
+    valid = dx7.is_valid(voices)
+    report = dict(count=len(voices), valid=int(valid.sum()),
+                  valid_fraction=float(valid.mean()) if len(voices) else None,
+                  invalid=[dict(index=int(i) + 1, name=dx7.voice_name(voices[i]),
+                                out_of_range=dx7.out_of_range(voices[i])) for i in np.flatnonzero(~valid)],
+                  model=None, baseline=None)
+    good = voices[valid]
+    if not len(good):
+        return report
+    figures = train.evaluate(model.config.model, model.params, good)
+    report["model"] = dict(reconstruction_accuracy=float((reconstruct(model, good) == good).mean()),
+                           ce_per_param=figures["ce"], neg_elbo_per_param=figures["neg_elbo_per_param"],
+                           kl_per_dim=figures["kl"])
+    if training is not None:
+        report["baseline"] = baseline_figures(marginal_baseline(training), good)
+    return report
+
+
+def compute_features(model, voices, chunk=CHUNK):
+    """Posterior of every voice, dict(mu, sigma, zk) (n, Z), and the per-dimension mean and std
+    of zk, the flowed posterior mean: the decoder's input space, which live control spans."""
+    post = encode(model, voices, chunk=chunk)
+    return dict(mu=post["mu"], sigma=post["sigma"], zk=post["zk"],
+                mean=post["zk"].mean(0), std=post["zk"].std(0))
+
+
+def write_features(model, data_path, out, chunk=CHUNK):
+    """Encodes the voices of `data_path` (default: the checkpoint's dataset, both splits), writes
+    the arrays to `out` (.npz) and the summary to the checkpoint's features.json. Returns the summary."""
+    data_path = data_path or model.meta.get("dataset", {}).get("path")
+    if data_path is None:
+        raise Error("the checkpoint names no dataset; pass --data")
+    voices = load_voices(str(data_path))
+    if not len(voices):
+        raise Error(f"{data_path}: no voices")
+    feats = compute_features(model, voices, chunk)
+    buffer = io.BytesIO()
+    np.savez(buffer, voices=voices, **feats)
+    dx7.write_atomic(out, buffer.getvalue())
+    summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(),
+                   dataset=str(Path(data_path).absolute()), count=len(voices))
+    dx7.write_atomic(features_path(model.path), json.dumps(summary, indent=1).encode())
+    return summary

@@ -1,0 +1,193 @@
+"""Model commands: generate, interpolate, variations, features, duplicates, evaluate."""
+import json
+
+from neuraldx7_jax import dx7, sample
+from neuraldx7_jax.cli import command
+from neuraldx7_jax.errors import Error
+
+CHECKPOINT_HELP = "a training work directory or its checkpoints/ folder (default: the bundled model)"
+
+
+def _checkpoint(parser):
+    parser.add_argument("--checkpoint", metavar="DIR", help=CHECKPOINT_HELP)
+
+
+def _seed(parser):
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; the same seed gives the same output (default: 0)")
+
+
+def _print_cartridge(path, voices):
+    print(f"wrote {path}: {len(voices)} voices")
+    for i in range(0, len(voices), 4):
+        print("    " + "  ".join(f"{n:3d} {dx7.voice_name(v):10s}" for n, v in enumerate(voices[i:i + 4], i + 1)))
+
+
+@command("generate", "Sample new 32-voice cartridges from the model's prior.")
+def generate(parser):
+    parser.description = (
+        "Sample voices from the prior (z ~ N(0, I), decoded) and write them as 32-voice cartridges. "
+        "With --count C > 1 the files are numbered: OUT_001.syx, OUT_002.syx, ... Cartridge i depends "
+        "only on the seed, not on the count, the batch size or the number of devices.")
+    parser.add_argument("--out", required=True, help="the .syx file to write")
+    parser.add_argument("--count", type=int, default=1, help="number of cartridges (default: 1)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 takes the most likely value of each parameter (default); "
+                             "> 0 samples from softmax(logits / T)")
+    _seed(parser)
+    _checkpoint(parser)
+
+    def run(args):
+        model = sample.load_model(args.checkpoint)
+        for path, names in sample.generate_cartridges(model, args.out, args.count, args.temperature, args.seed):
+            print(f"wrote {path}: {', '.join(repr(n) for n in names)}")
+    return run
+
+
+@command("interpolate", "Write the voices on the line between two voices' latents.")
+def interpolate(parser):
+    parser.description = (
+        "Encode voices A and B (posterior mean, through the flows: the decoder's latent) and decode "
+        "STEPS evenly spaced points from A to B; the first and last voices are A's and B's "
+        "reconstructions. A voice is FILE:INDEX (any DX7 file, INDEX from 1) or "
+        "DATASET.npz:SPLIT:INDEX. When STEPS is not a multiple of 32, the cartridge is filled up "
+        "by repeating B's reconstruction.")
+    parser.add_argument("a", metavar="A", help="the first voice, FILE:INDEX or DATASET.npz:SPLIT:INDEX")
+    parser.add_argument("b", metavar="B", help="the last voice, same form")
+    parser.add_argument("--out", required=True, help="the .syx file to write")
+    parser.add_argument("--steps", type=int, default=32, help="voices from A to B, ends included (default: 32)")
+    parser.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
+    _checkpoint(parser)
+
+    def run(args):
+        model = sample.load_model(args.checkpoint)
+        voices, _ = sample.interpolate(model, sample.load_voice(args.a), sample.load_voice(args.b),
+                                       args.steps, args.slerp)
+        written = sample.save_voices(args.out, voices)
+        _print_cartridge(args.out, sample.clean_names(voices))
+        if written > len(voices):
+            print(f"    filled up to {written} voices with the last one")
+    return run
+
+
+@command("variations", "Write voices sampled around one voice's posterior.")
+def variations(parser):
+    parser.description = (
+        "Encode voice A and decode COUNT latents z0 = mu + SPREAD * sigma * eps (eps ~ N(0, I)), "
+        "passed through A's flows. SPREAD 0 gives A's reconstruction COUNT times; 1 samples the "
+        "posterior itself.")
+    parser.add_argument("a", metavar="A", help="the voice, FILE:INDEX or DATASET.npz:SPLIT:INDEX")
+    parser.add_argument("--out", required=True, help="the .syx file to write")
+    parser.add_argument("--spread", type=float, default=1.0, help="scale of the posterior noise (default: 1)")
+    parser.add_argument("--count", type=int, default=32, help="voices, a multiple of 32 (default: 32)")
+    _seed(parser)
+    _checkpoint(parser)
+
+    def run(args):
+        if args.count < 32 or args.count % 32:
+            raise Error(f"--count must be a positive multiple of 32, got {args.count}")
+        model = sample.load_model(args.checkpoint)
+        voices = sample.variations(model, sample.load_voice(args.a), args.count, args.spread, args.seed)
+        sample.save_voices(args.out, voices)
+        _print_cartridge(args.out, sample.clean_names(voices))
+    return run
+
+
+@command("features", "Encode a dataset and summarise the model's latent space.")
+def features(parser):
+    parser.description = (
+        "Encode every voice of a dataset (both splits) or DX7 file and write their posterior means "
+        "and standard deviations (mu, sigma), the flowed posterior means (zk: the decoder's input) "
+        "and the per-dimension mean and std of zk to an .npz. The summary is also stored as "
+        "features.json in the checkpoint directory, where live control finds it.")
+    parser.add_argument("--data", help="a dataset .npz or DX7 file (default: the checkpoint's dataset)")
+    parser.add_argument("--out", required=True, help="the .npz to write")
+    _checkpoint(parser)
+
+    def run(args):
+        model = sample.load_model(args.checkpoint)
+        summary = sample.write_features(model, args.data, args.out)
+        print(f"wrote {args.out}: {summary['count']} voices from {summary['dataset']}")
+        print(f"wrote {sample.features_path(model.path)}")
+        for d, (m, s) in enumerate(zip(summary["mean"], summary["std"])):
+            print(f"    z{d}  mean {m:+.3f}  std {s:.3f}")
+    return run
+
+
+@command("duplicates", "Measure how unique and how novel the model's samples are.")
+def duplicates(parser):
+    parser.description = (
+        "The uniqueness study of the original: sample N voices from the prior and count distinct "
+        "voices (over the 155 values), valid ones, novel ones (no training voice has the same 145 "
+        "non-name values) and exact copies of training voices. Counting streams; memory grows "
+        "with the distinct voices only. The training set is the checkpoint's dataset, or --data.")
+    parser.add_argument("--samples", type=int, default=65536, help="voices to sample (default: 65536)")
+    parser.add_argument("--batch", type=int,
+                        help="voices per device call (default: 256 on CPU, 4096 on GPU/TPU); "
+                             "results do not depend on it")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, argmax)")
+    parser.add_argument("--data", help="the training dataset .npz (default: the checkpoint's)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _seed(parser)
+    _checkpoint(parser)
+
+    def run(args):
+        model = sample.load_model(args.checkpoint)
+        training, path, why = sample.training_voices(model, args.data)
+        result = sample.duplicates_study(model, args.samples, args.batch, args.temperature, args.seed,
+                                         training, progress=not args.json)
+        result["dataset"] = path
+        if args.json:
+            print(json.dumps(result))
+            return
+        if why:
+            print(f"note: {why}; novelty not measured")
+        print(f"samples          {result['samples']}")
+        print(f"unique           {result['distinct']} ({result['unique_fraction']:.4%})")
+        print(f"valid            {result['valid_fraction']:.4%}")
+        if training is not None:
+            print(f"novel            {result['novel']} ({result['novel_fraction']:.4%}) "
+                  f"vs {len(training)} training voices")
+            print(f"training copies  {result['training_copies']}")
+        print(f"throughput       {result['throughput']:.1f} samples/s on {result['devices']} device(s) "
+              f"({result['seconds']:.1f} s, compilation {result['compile_seconds']:.1f} s)")
+    return run
+
+
+@command("evaluate", "Check a file's voices and score them under the model.")
+def evaluate(parser):
+    parser.description = (
+        "Check every voice of FILE (a DX7 file, a dataset .npz or DATASET.npz:SPLIT) and, for the "
+        "valid voices, report the model's reconstruction accuracy (posterior mean, argmax, over the "
+        "155 values), cross-entropy and -ELBO per parameter in nats (over the in-range values, as "
+        "generation sees them), beside a baseline that knows only each parameter's value "
+        "frequencies in the training data (Laplace-smoothed): what the model adds.")
+    parser.add_argument("file", metavar="FILE", help="a DX7 file, DATASET.npz or DATASET.npz:SPLIT")
+    parser.add_argument("--data", help="the training dataset .npz for the baseline (default: the checkpoint's)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _checkpoint(parser)
+
+    def run(args):
+        model = sample.load_model(args.checkpoint)
+        voices = sample.load_voices(args.file)
+        training, path, why = sample.training_voices(model, args.data)
+        report = sample.evaluate_voices(model, voices, training)
+        report["dataset"] = path
+        if args.json:
+            print(json.dumps(report))
+            return
+        print(f"{args.file}: {report['count']} voices, {report['valid']} valid")
+        for bad in report["invalid"]:
+            print(f"{bad['index']:4d}  {bad['name']:10s}  out of range: {', '.join(bad['out_of_range'])}")
+        if report["model"] is None:
+            return
+        m, b = report["model"], report["baseline"]
+        if b is None:
+            print(f"note: {why}; no baseline")
+        print(f"{'':24s}{'model':>10s}{'baseline':>10s}")
+        rows = (("accuracy", "reconstruction_accuracy", "mode_accuracy"),
+                ("CE / param (nats)", "ce_per_param", "ce_per_param"),
+                ("-ELBO / param (nats)", "neg_elbo_per_param", "neg_elbo_per_param"))
+        for label, mk, bk in rows:
+            print(f"{label:24s}{m[mk]:10.4f}{b[bk] if b else float('nan'):10.4f}")
+    return run

@@ -1,0 +1,118 @@
+"""End-to-end runs of the model commands on a tiny model trained here on the factory voices."""
+import json
+
+import numpy as np
+import pytest
+
+from neuraldx7_jax import config, data, dx7, sample, train
+from neuraldx7_jax.cli import main
+
+
+@pytest.fixture(scope="session")
+def trained(shared_data, tmp_path_factory):
+    """(work directory, dataset) of the test config trained 20 steps on the factory cartridges."""
+    root = tmp_path_factory.mktemp("trained")
+    # No validation split: training then compiles no evaluation step.
+    data.build_dataset([shared_data / "factory"], root / "data.npz", validation_fraction=0.0, progress=False)
+    train.train_and_evaluate(config.test(), root / "data.npz", root / "work", steps=20,
+                             checkpoint_every=20, eval_every=20, progress=False)
+    return root / "work", root / "data.npz"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate(trained, tmp_path, capsys):
+    work, _ = trained
+    code, out, _ = run(capsys, "generate", "--out", tmp_path / "cart.syx", "--count", 2, "--temperature", 1.0,
+                       "--seed", 5, "--checkpoint", work)
+    assert code == 0
+    for name in ("cart_001.syx", "cart_002.syx"):
+        assert f"wrote {tmp_path / name}" in out
+        voices = dx7.load(tmp_path / name)
+        assert voices.shape == (32, dx7.N_PARAMS) and dx7.is_valid(voices).all()
+        assert ((voices[:, dx7.NAME] >= 32) & (voices[:, dx7.NAME] <= 126)).all()
+    for again in ("again", "other"):
+        run(capsys, "generate", "--out", tmp_path / f"{again}.syx", "--count", 2, "--temperature", 1.0,
+            "--seed", 5 if again == "again" else 6, "--checkpoint", work)
+    assert (tmp_path / "again_002.syx").read_bytes() == (tmp_path / "cart_002.syx").read_bytes()
+    assert (tmp_path / "other_002.syx").read_bytes() != (tmp_path / "cart_002.syx").read_bytes()
+    code, _, err = run(capsys, "generate", "--out", tmp_path / "x.syx", "--temperature", -1, "--checkpoint", work)
+    assert code == 2 and "temperature" in err
+
+
+def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
+    work, dataset = trained
+    a, b = f"{shared_data / 'factory' / 'rom1a.syx'}:1", f"{dataset}:train:7"
+    code, out, _ = run(capsys, "interpolate", a, b, "--out", tmp_path / "i.syx", "--checkpoint", work)
+    assert code == 0 and f"wrote {tmp_path / 'i.syx'}: 32 voices" in out
+    voices = dx7.load(tmp_path / "i.syx")
+    model = sample.load_model(work)
+    ends = sample.clean_names(sample.reconstruct(model, np.stack([sample.load_voice(a), sample.load_voice(b)])))
+    np.testing.assert_array_equal(voices[[0, -1]], ends)
+
+    code, out, _ = run(capsys, "interpolate", a, b, "--out", tmp_path / "s.syx", "--steps", 5, "--slerp",
+                       "--checkpoint", work)
+    short = dx7.load(tmp_path / "s.syx")
+    assert code == 0 and len(short) == 32 and "filled up" in out
+    np.testing.assert_array_equal(short[[0, 4]], ends)
+    assert (short[4:] == ends[1]).all()
+
+    code, _, _ = run(capsys, "variations", a, "--out", tmp_path / "v.syx", "--spread", 0, "--checkpoint", work)
+    assert code == 0
+    assert (dx7.load(tmp_path / "v.syx") == ends[0]).all()
+    code, _, _ = run(capsys, "variations", a, "--out", tmp_path / "w.syx", "--spread", 2, "--seed", 1,
+                     "--checkpoint", work)
+    assert code == 0 and dx7.is_valid(dx7.load(tmp_path / "w.syx")).all()
+
+    code, _, err = run(capsys, "interpolate", f"{dataset}:train:0", b, "--out", tmp_path / "e.syx",
+                       "--checkpoint", work)
+    assert code == 2 and "numbered from 1" in err
+
+
+def test_features(trained, tmp_path, capsys):
+    work, dataset = trained
+    code, out, _ = run(capsys, "features", "--out", tmp_path / "f.npz", "--checkpoint", work)
+    assert code == 0 and "features.json" in out
+    summary = json.loads(sample.features_path(work).read_text())
+    n = sum(len(data.load_dataset(dataset)[s]) for s in data.SPLITS)
+    assert summary["count"] == n and summary["dataset"] == str(dataset.absolute())
+    assert sample.load_model(work / "checkpoints").features == summary
+    feats = np.load(tmp_path / "f.npz")
+    assert feats["zk"].shape == (n, config.test().model.latent)
+    np.testing.assert_allclose(feats["mean"], summary["mean"], rtol=1e-6)
+    np.testing.assert_allclose(feats["std"], feats["zk"].std(0), rtol=1e-5)
+
+
+def test_duplicates(trained, tmp_path, capsys):
+    work, _ = trained
+    code, out, _ = run(capsys, "duplicates", "--samples", 100, "--batch", 32, "--temperature", 1.0,
+                       "--json", "--checkpoint", work)
+    result = json.loads(out)
+    assert code == 0 and result["samples"] == 100 and result["valid_fraction"] == 1.0
+    assert result["novel_fraction"] is not None and result["training_copies"] >= 0
+    assert 0 < result["unique_fraction"] <= 1 and result["throughput"] > 0
+    code, out, _ = run(capsys, "duplicates", "--samples", 64, "--batch", 32, "--checkpoint", work)
+    assert code == 0 and "unique" in out and "novel" in out and "samples/s" in out
+    code, _, err = run(capsys, "duplicates", "--samples", 8, "--data", tmp_path / "missing.npz", "--checkpoint", work)
+    assert code == 2 and "missing.npz" in err
+
+
+def test_evaluate(trained, shared_data, tmp_path, capsys):
+    work, dataset = trained
+    voices = dx7.load(shared_data / "factory" / "rom1a.syx")
+    voices[3, 0] = 120  # out of range
+    dx7.write_atomic(tmp_path / "bad.syx", b"".join(dx7.single_voice_message(v) for v in voices[:5]))
+    code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--json", "--checkpoint", work)
+    report = json.loads(out)
+    assert code == 0 and report["count"] == 5 and report["valid"] == 4
+    assert report["invalid"] == [dict(index=4, name=dx7.voice_name(voices[3]), out_of_range=["OP6 R1=120"])]
+    assert 0 <= report["model"]["reconstruction_accuracy"] <= 1
+    assert report["model"]["neg_elbo_per_param"] > 0 and report["baseline"]["ce_per_param"] > 0
+    assert report["dataset"] == str(dataset.absolute())
+    code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--checkpoint", work)
+    assert code == 0 and "5 voices, 4 valid" in out and "OP6 R1=120" in out
+    assert "accuracy" in out and "baseline" in out

@@ -1,0 +1,243 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neuraldx7_jax import config, dx7, sample
+from neuraldx7_jax import model as model_lib
+from neuraldx7_jax.errors import Error
+
+HERE = Path(__file__).resolve().parent
+
+
+def random_model():
+    """The tiny test model with random parameters (shapes from eval_shape: no compilation)."""
+    cfg = config.test()
+    vae = model_lib.VAE(cfg.model)
+    shapes = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((1, dx7.N_PARAMS), jnp.int32),
+                            jnp.zeros((1, cfg.model.latent)))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes)
+    return sample.Model(cfg, params, {}, Path("."))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model()
+
+
+@pytest.fixture(scope="module")
+def voices():
+    return np.random.default_rng(0).integers(0, dx7.MAX.astype(int) + 1, (40, dx7.N_PARAMS)).astype(np.uint8)
+
+
+def sampler_outputs(model, voices):
+    """What the device-count test compares: prior samples (argmax and T = 1), decoding, encoding.
+    Tests use chunks of 32 rows: one shape, one compilation per function."""
+    z = np.random.default_rng(1).normal(size=(70, model.config.model.latent)).astype(np.float32)
+    return dict(argmax=sample.sample_prior(model, 100, 0.0, seed=3, chunk=32),
+                warm=sample.sample_prior(model, 100, 1.0, seed=3, chunk=32),
+                decoded=sample.decode(model, z, 1.0, seed=4, chunk=32),
+                zk=sample.encode(model, voices, spread=1.0, seed=5, chunk=32)["zk"])
+
+
+def test_prior_samples_are_valid_and_reproducible(model):
+    for temperature in (0.0, 1.0, 1000.0):  # at T = 1000 every in-range value is about equally likely
+        v = sample.sample_prior(model, 70, temperature, seed=1, chunk=32)
+        assert v.shape == (70, dx7.N_PARAMS) and v.dtype == np.uint8
+        assert dx7.is_valid(v).all()
+        np.testing.assert_array_equal(v, sample.sample_prior(model, 70, temperature, seed=1, chunk=32))
+    few = dx7.MAX <= 7
+    np.testing.assert_array_equal(v[:, few].max(0), dx7.MAX[few])  # the top values are reached, never passed
+    assert not np.array_equal(v, sample.sample_prior(model, 70, 1000.0, seed=2, chunk=32))
+
+
+def test_chunking_changes_nothing(model):
+    """Noise comes in blocks of 32 rows keyed by their index: chunk size and count do not matter."""
+    full = sample.sample_prior(model, 100, 1.0, seed=7, chunk=64)
+    chunks = list(sample.sample_prior_chunks(model, 100, 1.0, seed=7, chunk=32))
+    assert [len(c) for c in chunks] == [32, 32, 32, 4]
+    np.testing.assert_array_equal(np.concatenate(chunks), full)
+    np.testing.assert_array_equal(sample.sample_prior(model, 33, 1.0, seed=7, chunk=32), full[:33])
+    for temperature in (0.0, 1.0):  # decoding the prior latents with the same seed gives the voices again
+        z, v = next(sample.sample_prior_chunks(model, 32, temperature, seed=7, latents=True))
+        np.testing.assert_array_equal(sample.decode(model, z, temperature, seed=7), v)
+
+
+def test_encode_and_reconstruct(model, voices):
+    post = sample.encode(model, voices, chunk=32)
+    assert all(a.shape == (40, model.config.model.latent) for a in post.values())
+    np.testing.assert_array_equal(post["z0"], post["mu"])  # spread 0: the posterior mean
+    assert (post["sigma"] > 0).all()
+    noisy = sample.encode(model, voices, spread=1.0, seed=1, chunk=32)
+    np.testing.assert_array_equal(noisy["mu"], post["mu"])
+    assert not np.allclose(noisy["z0"], post["z0"])
+    rec = sample.reconstruct(model, voices, chunk=32)
+    np.testing.assert_array_equal(rec, sample.decode(model, post["zk"], chunk=32))
+    with pytest.raises(Error):
+        sample.encode(model, np.full((1, 155), 128))
+
+
+@pytest.mark.parametrize("slerp", [False, True])
+def test_interpolation_ends_are_the_reconstructions(model, voices, slerp):
+    out, z = sample.interpolate(model, voices[3], voices[9], steps=7, slerp=slerp)
+    assert out.shape == (7, dx7.N_PARAMS) and z.shape == (7, model.config.model.latent)
+    rec = sample.reconstruct(model, voices[[3, 9]])
+    np.testing.assert_array_equal(out[[0, -1]], rec)
+    np.testing.assert_array_equal(z[[0, -1]], sample.encode(model, voices[[3, 9]])["zk"])
+
+
+def test_variations(model, voices):
+    same = sample.variations(model, voices[0], count=32, spread=0.0, seed=1)
+    np.testing.assert_array_equal(same, np.repeat(sample.reconstruct(model, voices[:1]), 32, axis=0))
+    spread = sample.variations(model, voices[0], count=32, spread=3.0, seed=1)
+    assert dx7.is_valid(spread).all()
+    np.testing.assert_array_equal(spread, sample.variations(model, voices[0], count=32, spread=3.0, seed=1))
+
+
+def test_same_output_on_four_devices(model, voices, tmp_path):
+    """The samplers on 4 simulated CPU devices (a subprocess) give what one device gives here."""
+    script = (f"import sys, numpy as np, jax; sys.path.insert(0, {str(HERE)!r}); import test_sample as t\n"
+              f"assert jax.device_count() == 4\n"
+              f"m = t.random_model(); v = np.load({str(tmp_path / 'voices.npy')!r})\n"
+              f"np.savez({str(tmp_path / 'four.npz')!r}, **t.sampler_outputs(m, v))\n"
+              f"list(t.sample.generate_cartridges(m, {str(tmp_path / 'four.syx')!r}, 1, 1.0, seed=9))\n")
+    np.save(tmp_path / "voices.npy", voices)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
+    four = np.load(tmp_path / "four.npz")
+    for name, one in sampler_outputs(model, voices).items():
+        if name == "zk":
+            np.testing.assert_allclose(four[name], one, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(four[name], one, err_msg=name)
+    list(sample.generate_cartridges(model, tmp_path / "one.syx", 1, 1.0, seed=9))
+    assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "four.syx").read_bytes()
+
+
+def test_generate_cartridges(model, tmp_path):
+    written = list(sample.generate_cartridges(model, tmp_path / "c.syx", 3, 1.0, seed=2, chunk=32))
+    assert [p.name for p, _ in written] == ["c_001.syx", "c_002.syx", "c_003.syx"]
+    for path, names in written:
+        v = dx7.load(path)
+        assert v.shape == (32, dx7.N_PARAMS) and dx7.is_valid(v).all()
+        assert names == [dx7.voice_name(x) for x in v]
+        assert ((v[:, dx7.NAME] >= 32) & (v[:, dx7.NAME] <= 126)).all()
+    alone = list(sample.generate_cartridges(model, tmp_path / "one.syx", 1, 1.0, seed=2))
+    assert alone[0][0] == tmp_path / "one.syx"  # cartridge 1 does not depend on the count
+    assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "c_001.syx").read_bytes()
+
+
+def test_clean_names_and_save_voices(tmp_path):
+    v = np.zeros((3, dx7.N_PARAMS), np.uint8)
+    v[:, dx7.NAME] = [[65, 0, 31, 32, 126, 127, 66, 10, 90, 97]] * 3
+    clean = sample.clean_names(v)
+    assert dx7.voice_name(clean[0]) == "A   ~ B Za"
+    assert v[0, 146] == 0  # the input is not changed
+    assert sample.save_voices(tmp_path / "p.syx", v) == 32
+    back = dx7.load(tmp_path / "p.syx")
+    np.testing.assert_array_equal(back, np.concatenate([clean, np.repeat(clean[-1:], 29, axis=0)]))
+    assert sample.cartridge_paths("x/out.syx", 1) == [Path("x/out.syx")]
+    assert sample.cartridge_paths("out.syx", 1000)[-1] == Path("out_1000.syx")
+
+
+def brute_force(samples, training):
+    rows = [bytes(r) for r in samples]
+    params = {bytes(r[dx7.NON_NAME]) for r in training}
+    whole = {bytes(r) for r in training}
+    return dict(samples=len(rows), distinct=len(set(rows)),
+                novel=sum(bytes(r[dx7.NON_NAME]) not in params for r in samples),
+                training_copies=sum(r in whole for r in rows))
+
+
+def test_uniqueness_counts_match_brute_force():
+    rng = np.random.default_rng(0)
+    training = rng.integers(0, 4, (300, dx7.N_PARAMS)).astype(np.uint8)
+    training[200:] = training[:100]  # training voices differing only by name
+    training[200:, dx7.NAME] = rng.integers(32, 127, (100, 10))
+    fresh = rng.integers(0, 4, (500, dx7.N_PARAMS)).astype(np.uint8)
+    renamed = training[rng.integers(0, 300, 60)].copy()
+    renamed[:, 150] = 200  # same parameters, a name no training voice has
+    samples = np.concatenate([fresh, fresh[:80], training[rng.integers(0, 300, 90)], renamed,
+                              fresh[rng.integers(0, 500, 100)]])
+    samples = samples[rng.permutation(len(samples))]
+    samples[:5, 0] = 120  # invalid values count as values
+    counts = sample.count_uniqueness(np.array_split(samples, 13), training)
+    expected = brute_force(samples, training)
+    assert {k: counts[k] for k in expected} == expected
+    assert expected["training_copies"] == 90 and expected["novel"] <= expected["samples"] - 150
+    assert counts["unique_fraction"] == expected["distinct"] / len(samples)
+    assert counts["valid_fraction"] == dx7.is_valid(samples).mean()
+    assert counts["novel_fraction"] == expected["novel"] / len(samples)
+    alone = sample.count_uniqueness([samples])
+    assert alone["distinct"] == expected["distinct"] and alone["novel"] is None
+
+
+def test_distinct_counter_merges_exactly():
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 3, (5000, dx7.N_PARAMS)).astype(np.uint8)
+    rows[::7] = rows[0]
+    counter = sample.DistinctCounter(merge_at=100)  # many merges
+    for part in np.array_split(rows, 50):
+        counter.add(part)
+    assert len(counter) == len({bytes(r) for r in rows})
+    counter.add(rows[:10])
+    assert len(counter) == len({bytes(r) for r in rows})
+
+
+def test_row_set_is_exact_despite_key_collisions(monkeypatch):
+    monkeypatch.setattr(sample, "_HASH", np.ones_like(sample._HASH))  # the key is the row sum
+    rows = np.array([[1, 2, 3], [3, 2, 1], [2, 2, 2], [0, 0, 9]], np.uint8)
+    members = sample.RowSet(rows[:3])
+    np.testing.assert_array_equal(members.contains(np.array([[2, 2, 2], [1, 1, 4], [3, 2, 1], [0, 0, 9]])),
+                                  [True, False, True, False])
+
+
+def test_duplicates_study(model):
+    training = sample.sample_prior(model, 64, 1.0, seed=1, chunk=32)
+    result = sample.duplicates_study(model, 96, chunk=32, temperature=1.0, seed=1, training=training,
+                                     progress=False)
+    assert result["samples"] == 96 and result["valid_fraction"] == 1.0
+    assert result["training_copies"] == 64  # the same seed draws the training voices again
+    assert result["throughput"] > 0
+
+
+def test_marginal_baseline():
+    rng = np.random.default_rng(2)
+    training = rng.integers(0, dx7.MAX.astype(int) + 1, (200, dx7.N_PARAMS)).astype(np.uint8)
+    probs = sample.marginal_baseline(training)
+    np.testing.assert_allclose(probs.sum(-1), 1.0)
+    assert (probs[~dx7.value_mask()] == 0).all() and (probs[dx7.value_mask()] > 0).all()
+    i = 134  # ALG
+    np.testing.assert_allclose(probs[i, :32], (np.bincount(training[:, i], minlength=32) + 1) / (200 + 32))
+    figures = sample.baseline_figures(probs, training[:50])
+    mode = probs.argmax(-1)
+    assert figures["mode_accuracy"] == pytest.approx((training[:50] == mode).mean())
+    expected_ce = -np.mean([np.log(probs[j, v]) for r in training[:50] for j, v in enumerate(r)])
+    assert figures["ce_per_param"] == pytest.approx(expected_ce)
+
+
+def test_load_voice_specs(tmp_path, voices):
+    dx7.save_cartridge(tmp_path / "c.syx", voices[:32])
+    np.testing.assert_array_equal(sample.load_voice(f"{tmp_path / 'c.syx'}:2"), voices[1])
+    np.savez(tmp_path / "d.npz", train=voices[:30], validation=voices[30:])
+    np.testing.assert_array_equal(sample.load_voice(f"{tmp_path / 'd.npz'}:validation:3"), voices[32])
+    assert len(sample.load_voices(str(tmp_path / "d.npz"))) == 40
+    assert len(sample.load_voices(f"{tmp_path / 'd.npz'}:train")) == 30
+    for bad in (f"{tmp_path / 'c.syx'}", f"{tmp_path / 'c.syx'}:0", f"{tmp_path / 'c.syx'}:33",
+                f"{tmp_path / 'nope.syx'}:1"):
+        with pytest.raises((Error, OSError)):
+            sample.load_voice(bad)
+
+
+def test_training_voices_when_the_dataset_is_gone(model):
+    gone = model._replace(meta=dict(dataset=dict(path="/nonexistent/data.npz")))
+    voices, path, why = sample.training_voices(gone)
+    assert voices is None and path == "/nonexistent/data.npz" and "not found" in why
+    with pytest.raises(Error):
+        sample.training_voices(gone, "/nonexistent/other.npz")
