@@ -1,0 +1,80 @@
+"""`neuraldx7 bench`: training, sampling and single-decode speed, with the definitions of
+`../shared/bench/torch_original.py` so the two can be compared side by side."""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neuraldx7_jax import config as config_lib
+from neuraldx7_jax import dx7, sample, train
+
+
+def random_voices(n, seed=0):
+    """(n, 155) uniformly random valid voices."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 1 << 16, (n, dx7.N_PARAMS)) % (dx7.MAX.astype(np.int64) + 1)).astype(np.int32)
+
+
+def time_train(cfg, batch, steps=10):
+    """Samples per second of the full train step (forward, backward, AdamW), after warm-up."""
+    cfg = cfg.replace(batch_size=batch)
+    state = train.init_state(cfg, 0)
+    step = train.make_train_step(cfg, train.make_mesh())
+    x, key = jnp.asarray(random_voices(batch)), jax.random.key(0)
+    for _ in range(2):
+        state, metrics = step(state, x, key)
+    jax.block_until_ready(metrics)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, x, key)
+    jax.block_until_ready(metrics)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def time_sampling(model, sample_batch, seconds=10.0):
+    """Prior samples decoded to argmax voices per second, over at least `seconds`."""
+    chunks = sample.sample_prior_chunks(model, 1 << 62, chunk=sample_batch)
+    next(chunks)  # compile and warm up
+    n, t = 0, time.perf_counter()
+    for voices in chunks:
+        n += len(voices)
+        if time.perf_counter() - t >= seconds:
+            break
+    return n / (time.perf_counter() - t)
+
+
+def time_decode1(model, calls=100):
+    """Host-to-host latency of one latent -> one voice, as live control calls it (AOT-compiled)."""
+    z = np.zeros((1, model.config.model.latent), np.float32)
+    decode = sample.make_decoder(model.config.model).lower(model.params, z).compile()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        np.asarray(decode(model.params, z))
+    lat = []
+    for _ in range(calls):
+        z[:] = rng.standard_normal(z.shape)
+        t = time.perf_counter()
+        np.asarray(decode(model.params, z))
+        lat.append(time.perf_counter() - t)
+    lat = np.sort(lat) * 1e3
+    return dict(decode1_p50_ms=float(np.percentile(lat, 50)), decode1_p99_ms=float(np.percentile(lat, 99)))
+
+
+def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "latency"), checkpoint=None):
+    """The benchmark figures as a dict; `checkpoint` times that model (decode) instead of random weights."""
+    if checkpoint is not None:
+        model = sample.load_model(checkpoint)
+        cfg, config = model.config, f"checkpoint:{checkpoint}"
+    else:
+        cfg = config_lib.preset(config)
+        model = sample.Model(cfg, train.init_state(cfg, 0).params, {}, None)
+    out = dict(impl="neuraldx7-jax", config=config, jax=jax.__version__, backend=jax.default_backend(),
+               devices=jax.device_count(), params=int(sum(p.size for p in jax.tree.leaves(model.params))))
+    if "train" in what:
+        out["train_samples_per_s"] = time_train(cfg, batch)
+    if "sample" in what:
+        out["sample_per_s"] = time_sampling(model, sample_batch)
+    if "latency" in what:
+        out.update(time_decode1(model))
+    return out

@@ -1,0 +1,27 @@
+"""`neuraldx7 bench`."""
+import json
+
+from neuraldx7_jax.cli import command
+from neuraldx7_jax.config import PRESETS
+
+
+@command("bench", "time training, sampling and single-voice decoding (see docs/performance.md)")
+def _bench(p):
+    p.add_argument("--config", choices=sorted(PRESETS), default="small", help="model preset (random weights)")
+    p.add_argument("--checkpoint", help="time this trained model's sampling and decoding instead")
+    p.add_argument("--batch", type=int, default=32, help="training batch size")
+    p.add_argument("--sample-batch", type=int, default=1024, help="prior samples per device call")
+    p.add_argument("--what", default="train,sample,latency",
+                   help="comma-separated subset of train,sample,latency")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+
+    def handler(a):
+        from neuraldx7_jax import bench
+        what = a.what.split(",")
+        out = bench.run(a.config, a.batch, a.sample_batch, what, a.checkpoint)
+        if a.json:
+            print(json.dumps(out))
+        else:
+            for k, v in out.items():
+                print(f"{k:22s}{v:.3f}" if isinstance(v, float) else f"{k:22s}{v}")
+    return handler
