@@ -117,6 +117,19 @@ def audible_fraction(voices, **kwargs):
     return float(np.mean(audible(voices, **kwargs)))
 
 
+def audibility(voices, training=None, limit=1024, seed=0):
+    """The `--audio` figures of `evaluate` and `duplicates`: the audible fraction at C4 of (up to
+    `limit` of) `voices`, and of a random `limit` of the valid `training` voices for comparison."""
+    voices = _check_voices(voices)[:limit]
+    out = dict(audible_fraction=audible_fraction(voices), audio_voices=len(voices),
+               training_audible_fraction=None)
+    if training is not None and len(training):
+        pool = training[dx7.is_valid(training)]
+        pick = np.random.default_rng(seed).permutation(len(pool))[:limit]
+        out["training_audible_fraction"] = audible_fraction(pool[np.sort(pick)])
+    return out
+
+
 def write_wav(path, audio, sample_rate=SAMPLE_RATE):
     """Writes mono audio in [-1, 1] as a 16-bit PCM WAV (sample = round(x * 32767), clipped)."""
     pcm = np.round(np.clip(np.asarray(audio, np.float64), -1, 1) * 32767).astype("<i2")

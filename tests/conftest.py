@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,3 +17,14 @@ def shared_data():
             pytest.fail(f"{DATA} is missing in CI")
         pytest.skip(f"real DX7 data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def dexed():
+    """dexed-py and matplotlib (the `audio` extra): skipped when absent, a failure in CI (CI installs it)."""
+    missing = [m for m in ("dexed", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed: pip install -e '.[audio]'"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must install the audio extra)")
+        pytest.skip(reason)

@@ -16,17 +16,6 @@ OUTPUT_LEVELS = [16 + 21 * k for k in range(6)]  # OL of op 6 .. op 1
 
 
 @pytest.fixture(scope="session")
-def dexed():
-    """dexed-py and matplotlib (the `audio` extra): skipped when absent, a failure in CI (CI installs it)."""
-    missing = [m for m in ("dexed", "matplotlib") if importlib.util.find_spec(m) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed: pip install -e '.[audio]'"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI must install the audio extra)")
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
 def factory(shared_data):
     """The 1,024 factory voices, in file order."""
     return np.concatenate([dx7.load(p) for p in sorted((shared_data / "factory").glob("*.syx"))])

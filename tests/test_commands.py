@@ -116,3 +116,19 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
     code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--checkpoint", work)
     assert code == 0 and "5 voices, 4 valid" in out and "OP6 R1=120" in out
     assert "accuracy" in out and "baseline" in out
+
+
+def test_audio_figures_of_duplicates_and_evaluate(trained, shared_data, dexed, capsys):
+    from neuraldx7_jax import audio
+    work, dataset = trained
+    code, out, _ = run(capsys, "duplicates", "--samples", 64, "--audio", 16, "--json", "--checkpoint", work)
+    report = json.loads(out)
+    voices = sample.sample_prior(sample.load_model(work), 16)
+    assert report["audio_voices"] == 16
+    assert report["audible_fraction"] == audio.audible_fraction(voices)
+    assert 0 <= report["training_audible_fraction"] <= 1
+    code, out, _ = run(capsys, "evaluate", shared_data / "factory" / "rom1a.syx", "--audio", "--json",
+                       "--checkpoint", work)
+    report = json.loads(out)
+    assert report["audio_voices"] == 32
+    assert report["audible_fraction"] == audio.audible_fraction(dx7.load(shared_data / "factory" / "rom1a.syx"))

@@ -113,7 +113,7 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
     four = np.load(tmp_path / "four.npz")
     for name, one in sampler_outputs(model, voices).items():
         if name == "zk":
-            np.testing.assert_allclose(four[name], one, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(four[name], one, rtol=1e-5, atol=1e-5)  # float sums regroup
         else:
             np.testing.assert_array_equal(four[name], one, err_msg=name)
     list(sample.generate_cartridges(model, tmp_path / "one.syx", 1, 1.0, seed=9))

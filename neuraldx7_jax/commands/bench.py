@@ -5,7 +5,7 @@ from neuraldx7_jax.cli import command
 from neuraldx7_jax.config import PRESETS
 
 
-@command("bench", "time training, sampling and single-voice decoding (see docs/performance.md)")
+@command("bench", "Time training, sampling and single-voice decoding (see docs/performance.md).")
 def _bench(p):
     p.add_argument("--config", choices=sorted(PRESETS), default="small", help="model preset (random weights)")
     p.add_argument("--checkpoint", help="time this trained model's sampling and decoding instead")

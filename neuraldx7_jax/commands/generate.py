@@ -114,6 +114,13 @@ def features(parser):
     return run
 
 
+def _print_audibility(report):
+    if "audible_fraction" in report:
+        theirs = report["training_audible_fraction"]
+        print(f"audible at C4    {report['audible_fraction']:.4%} of {report['audio_voices']} voices"
+              + (f" (training data: {theirs:.4%})" if theirs is not None else ""))
+
+
 @command("duplicates", "Measure how unique and how novel the model's samples are.")
 def duplicates(parser):
     parser.description = (
@@ -128,6 +135,10 @@ def duplicates(parser):
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, argmax)")
     parser.add_argument("--data", help="the training dataset .npz (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--audio", type=int, nargs="?", const=1024, default=None, metavar="N",
+                        help="also render N voices (default 1024) at C4 through Dexed and report the "
+                             "audible fraction (RMS above -60 dBFS), beside the training data's; "
+                             "needs the audio extra")
     _seed(parser)
     _checkpoint(parser)
 
@@ -137,6 +148,10 @@ def duplicates(parser):
         result = sample.duplicates_study(model, args.samples, args.batch, args.temperature, args.seed,
                                          training, progress=not args.json)
         result["dataset"] = path
+        if args.audio:
+            from neuraldx7_jax import audio
+            voices = sample.sample_prior(model, min(args.audio, args.samples), args.temperature, args.seed)
+            result.update(audio.audibility(voices, training, args.audio, args.seed))
         if args.json:
             print(json.dumps(result))
             return
@@ -149,6 +164,7 @@ def duplicates(parser):
             print(f"novel            {result['novel']} ({result['novel_fraction']:.4%}) "
                   f"vs {len(training)} training voices")
             print(f"training copies  {result['training_copies']}")
+        _print_audibility(result)
         print(f"throughput       {result['throughput']:.1f} samples/s on {result['devices']} device(s) "
               f"({result['seconds']:.1f} s, compilation {result['compile_seconds']:.1f} s)")
     return run
@@ -165,6 +181,10 @@ def evaluate(parser):
     parser.add_argument("file", metavar="FILE", help="a DX7 file, DATASET.npz or DATASET.npz:SPLIT")
     parser.add_argument("--data", help="the training dataset .npz for the baseline (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--audio", type=int, nargs="?", const=1024, default=None, metavar="N",
+                        help="also render N voices (default 1024) at C4 through Dexed and report the "
+                             "audible fraction (RMS above -60 dBFS), beside the training data's; "
+                             "needs the audio extra")
     _checkpoint(parser)
 
     def run(args):
@@ -173,6 +193,9 @@ def evaluate(parser):
         training, path, why = sample.training_voices(model, args.data)
         report = sample.evaluate_voices(model, voices, training)
         report["dataset"] = path
+        if args.audio:
+            from neuraldx7_jax import audio
+            report.update(audio.audibility(voices[dx7.is_valid(voices)], training, args.audio))
         if args.json:
             print(json.dumps(report))
             return
@@ -190,4 +213,5 @@ def evaluate(parser):
                 ("-ELBO / param (nats)", "neg_elbo_per_param", "neg_elbo_per_param"))
         for label, mk, bk in rows:
             print(f"{label:24s}{m[mk]:10.4f}{b[bk] if b else float('nan'):10.4f}")
+        _print_audibility(report)
     return run

@@ -54,7 +54,7 @@ def run_training(a):
                                     eval_every=a.eval_every, log_every=a.log_every)
 
 
-@command("train", "train the VAE on a dataset .npz; resumes an existing work directory")
+@command("train", "Train the VAE on a dataset .npz; resumes an existing work directory.")
 def _train(p):
     for o in OPTIONS:
         flag = "--" + o.name.replace("_", "-")

@@ -1,0 +1,56 @@
+"""Run `neuraldx7 bench` and the original PyTorch code's timer side by side; print the ratios.
+
+    python tools/compare_original.py --torch-python /tmp/orig/bin/python \
+        --timer ../shared/bench/torch_original.py --config small [--rounds 2]
+
+The torch side needs a Python with torch, numpy, mido and bitstruct (see the timer's header).
+Both run in turn, `--rounds` times each, on the same machine; the best round of each is kept.
+"""
+import argparse
+import json
+import subprocess
+import sys
+
+FIGURES = ("train_samples_per_s", "sample_per_s", "decode1_p50_ms", "decode1_p99_ms")
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def best(runs, key):
+    values = [r[key] for r in runs if key in r]
+    return (min if key.endswith("_ms") else max)(values)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--torch-python", required=True, help="python with torch for the original")
+    ap.add_argument("--timer", required=True, help="path of torch_original.py")
+    ap.add_argument("--config", default="small", choices=["small", "original"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sample-batch", type=int, default=1024)
+    ap.add_argument("--what", default="train,sample,latency")
+    ap.add_argument("--rounds", type=int, default=1)
+    a = ap.parse_args()
+    common = ["--config", a.config, "--batch", str(a.batch), "--sample-batch", str(a.sample_batch),
+              "--what", a.what]
+    ours, theirs = [], []
+    for _ in range(a.rounds):
+        theirs.append(run_json([a.torch_python, a.timer, *common]))
+        ours.append(run_json([sys.executable, "-m", "neuraldx7_jax", "bench", "--json", *common]))
+    rows = []
+    for key in FIGURES:
+        if any(key in r for r in ours) and any(key in r for r in theirs):
+            o, t = best(ours, key), best(theirs, key)
+            ratio = t / o if key.endswith("_ms") else o / t
+            rows.append(dict(figure=key, jax=o, torch=t, speedup=ratio))
+    for r in rows:
+        print(f"{r['figure']:22s} jax {r['jax']:10.2f}   torch {r['torch']:10.2f}   speed-up x{r['speedup']:.2f}")
+    print(json.dumps(dict(config=a.config, batch=a.batch, sample_batch=a.sample_batch, rows=rows,
+                          jax_runs=ours, torch_runs=theirs)))
+
+
+if __name__ == "__main__":
+    main()
