@@ -1,0 +1,49 @@
+"""Where a train step's time goes: a jax.profiler trace of a few steps, summed by HLO op kind.
+
+    python tools/profile_train.py --config small --batch 32 [--steps 3] [--trace-dir /tmp/trace]
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+
+import jax
+
+from neuraldx7_jax import bench, config, train
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="small", choices=sorted(config.PRESETS))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--trace-dir", default="/tmp/neuraldx7-trace")
+    a = ap.parse_args()
+    cfg = config.preset(a.config).replace(batch_size=a.batch)
+    state = train.init_state(cfg, 0)
+    step = train.make_train_step(cfg, train.make_mesh())
+    x, key = jax.numpy.asarray(bench.random_voices(a.batch)), jax.random.key(0)
+    for _ in range(2):
+        state, metrics = step(state, x, key)
+    jax.block_until_ready(metrics)
+    jax.profiler.start_trace(a.trace_dir, create_perfetto_trace=True)
+    for _ in range(a.steps):
+        state, metrics = step(state, x, key)
+    jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    trace = json.load(gzip.open(sorted(glob.glob(f"{a.trace_dir}/**/*.json.gz", recursive=True))[-1]))
+    kinds, calls = collections.Counter(), collections.Counter()
+    for e in trace["traceEvents"] if isinstance(trace, dict) else trace:
+        if e.get("ph") == "X" and not e["name"].startswith("$") and "Thunk" not in e["name"]:
+            kind = re.sub(r"[.\d]+$", "", e["name"])
+            kinds[kind] += e["dur"]
+            calls[kind] += 1
+    total = sum(kinds.values())
+    for kind, us in kinds.most_common(20):
+        print(f"{us / a.steps / 1e3:9.1f} ms/step {100 * us / total:5.1f}%  {calls[kind] // a.steps:5d} calls  {kind}")
+
+
+if __name__ == "__main__":
+    main()
