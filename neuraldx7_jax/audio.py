@@ -130,8 +130,8 @@ def audibility(voices, training=None, limit=1024, seed=0):
     return out
 
 
-def write_wav(path, audio, sample_rate=SAMPLE_RATE):
-    """Writes mono audio in [-1, 1] as a 16-bit PCM WAV (sample = round(x * 32767), clipped)."""
+def wav_bytes(audio, sample_rate=SAMPLE_RATE):
+    """Mono audio in [-1, 1] -> 16-bit PCM WAV bytes (sample = round(x * 32767), clipped)."""
     pcm = np.round(np.clip(np.asarray(audio, np.float64), -1, 1) * 32767).astype("<i2")
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as w:
@@ -139,7 +139,12 @@ def write_wav(path, audio, sample_rate=SAMPLE_RATE):
         w.setsampwidth(2)
         w.setframerate(int(sample_rate))
         w.writeframes(pcm.tobytes())
-    dx7.write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_wav(path, audio, sample_rate=SAMPLE_RATE):
+    """Writes mono audio in [-1, 1] as a 16-bit PCM WAV file, atomically."""
+    dx7.write_atomic(path, wav_bytes(audio, sample_rate))
 
 
 def wav_name(number, voice, width=2):

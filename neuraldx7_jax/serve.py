@@ -8,7 +8,6 @@ install it. The standard library serves it (`http.server.ThreadingHTTPServer`): 
 import collections
 import http.server
 import importlib.util
-import io
 import json
 import math
 import re
@@ -18,13 +17,12 @@ import sys
 import threading
 import traceback
 import urllib.parse
-import wave
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from neuraldx7_jax import dx7, sample
+from neuraldx7_jax import dx7, live, sample
 from neuraldx7_jax.errors import Error
 
 HOST = "127.0.0.1"
@@ -91,31 +89,17 @@ class LruCache:
 def latent_ranges(model):
     """(low (Z,), center (Z,), high (Z,), source) of the sliders: mean -/+ SPAN std from the
     model's `features` summary, or -/+ SPAN around 0 (the prior) when it has none."""
-    latent = model.config.model.latent
-    if model.features is None:
+    summary = live.latent_summary(model)
+    if summary is None:
+        latent = model.config.model.latent
         return -SPAN * np.ones(latent), np.zeros(latent), SPAN * np.ones(latent), "prior"
-    mean, std = (np.asarray(model.features.get(k, ()), np.float64) for k in ("mean", "std"))
-    if mean.shape != (latent,) or std.shape != (latent,) or not (np.all(std > 0) and np.all(np.isfinite(mean))):
-        raise Error(f"{sample.features_path(model.path)}: the summary needs {latent} finite means and "
-                    f"{latent} positive stds; run `neuraldx7 features` again")
+    mean, std = summary
     return mean - SPAN * std, mean, mean + SPAN * std, "features"
 
 
 def audio_available():
     """Whether the `audio` extra's engine (dexed-py) is installed."""
     return importlib.util.find_spec("dexed") is not None
-
-
-def wav_bytes(signal, sample_rate):
-    """Mono audio in [-1, 1] -> 16-bit PCM WAV bytes (as `audio.write_wav` writes to a file)."""
-    pcm = np.round(np.clip(np.asarray(signal, np.float64), -1, 1) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(pcm.tobytes())
-    return buffer.getvalue()
 
 
 def describe(index, voice):
@@ -229,7 +213,7 @@ class App:
         def make():
             with self._render_lock:
                 signal = audio.render(voice, note=note, seconds=NOTE_SECONDS)
-            return wav_bytes(signal, audio.SAMPLE_RATE)
+            return audio.wav_bytes(signal, audio.SAMPLE_RATE)
         return self._wavs.get((voice.tobytes(), note), make)
 
     # The HTTP side: parse, dispatch, answer.

@@ -93,7 +93,7 @@ def cartridge_bytes(model, seed, temperature, tmp_path):
 def reference_wav(voice):
     from neuraldx7_jax import audio
 
-    return serve.wav_bytes(audio.render(voice, seconds=serve.NOTE_SECONDS), audio.SAMPLE_RATE)
+    return audio.wav_bytes(audio.render(voice, seconds=serve.NOTE_SECONDS), audio.SAMPLE_RATE)
 
 
 # The API over plain HTTP.
@@ -202,7 +202,7 @@ def test_wav_answers_are_riff_audio(url, app):
     assert status == 200 and headers["Content-Type"] == "audio/wav" and body[:4] == b"RIFF"
     voice = app.voice(3, 0.0, 2)[1]
     from neuraldx7_jax import audio
-    assert body == serve.wav_bytes(audio.render(voice, note=48, seconds=serve.NOTE_SECONDS), audio.SAMPLE_RATE)
+    assert body == audio.wav_bytes(audio.render(voice, note=48, seconds=serve.NOTE_SECONDS), audio.SAMPLE_RATE)
 
 
 def test_concurrent_requests_get_their_own_answers(url, app, model, tmp_path):
