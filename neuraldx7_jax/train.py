@@ -4,6 +4,7 @@ A work directory holds `checkpoints/<step>/` (orbax: params, optimizer state, an
 `meta` JSON with the config and dataset facts) and `metrics.jsonl`. Running again
 with the same work directory resumes exactly where the last checkpoint stopped.
 """
+import functools
 import json
 import math
 import time
@@ -101,6 +102,7 @@ def make_train_step(cfg, mesh):
                    out_shardings=(replicated, replicated))
 
 
+@functools.lru_cache(maxsize=None)
 def make_eval_step(model_cfg):
     """Jitted `(params, x, eps) -> per-voice terms` plus argmax accuracy of the posterior mean.
     Logits are masked as in generation: the figures describe the voices the model makes."""
