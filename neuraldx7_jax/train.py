@@ -233,7 +233,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     start = int(state.step)
     log = open(workdir / "metrics.jsonl", "a")
     bar = _progress(start, steps, progress)
-    last_eval, pending, t0, t_steps = {}, None, time.perf_counter(), 0
+    last_eval, t0, t_steps = {}, time.perf_counter(), 0
     next_batch = batch(start) if start < steps else None
     for s in range(start, steps):
         x, next_batch = next_batch, (batch(s + 1) if s + 1 < steps else None)

@@ -1,7 +1,5 @@
 """Audio: rendering through Dexed, loudness, audibility, and `neuraldx7 render` end to end."""
 import csv
-import importlib.util
-import os
 import sys
 import wave
 
