@@ -3,6 +3,7 @@
 Each subcommand is registered with `@command` and calls one library function.
 """
 import argparse
+import os
 import sys
 
 from neuraldx7_jax.errors import Error
@@ -38,6 +39,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (Error, OSError) as e:
         print(f"neuraldx7 {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -264,8 +264,10 @@ def parse_single_voice(message):
 
 
 def write_atomic(path, data):
-    """Writes `data` to `path` through a temporary file in the same directory: all or nothing."""
+    """Writes `data` to `path` through a temporary file in the same directory: all or nothing.
+    Missing parent directories are created."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

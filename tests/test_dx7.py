@@ -223,3 +223,9 @@ def test_voice_name():
     assert dx7.voice_name(voice) == "E.PIANO"
     voice[145 + 8] = ord("1") | 0x80  # after a DEL, shown as a space
     assert dx7.voice_name(voice) == "E.PIANO 1"
+
+
+def test_saving_creates_missing_directories(tmp_path):
+    voices = np.zeros((32, dx7.N_PARAMS), np.uint8)
+    dx7.save_cartridge(tmp_path / "new" / "dir" / "cart.syx", voices)
+    np.testing.assert_array_equal(dx7.load(tmp_path / "new" / "dir" / "cart.syx"), voices)
