@@ -1,7 +1,7 @@
 """Run `neuraldx7 bench` and the original PyTorch code's timer side by side; print the ratios.
 
     python tools/compare_original.py --torch-python /tmp/orig/bin/python \
-        --timer ../shared/bench/torch_original.py --config small [--rounds 2]
+        --timer ../shared/bench/torch_original.py --config small [--rounds 2] [--torch-steps 10]
 
 The torch side needs a Python with torch, numpy, mido and bitstruct (see the timer's header).
 Both run in turn, `--rounds` times each, on the same machine; the best round of each is kept.
@@ -33,12 +33,14 @@ def main():
     ap.add_argument("--sample-batch", type=int, default=1024)
     ap.add_argument("--what", default="train,sample,latency")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--torch-steps", type=int, default=10,
+                    help="train steps the original's timer averages (fewer for the slow `original` preset)")
     a = ap.parse_args()
     common = ["--config", a.config, "--batch", str(a.batch), "--sample-batch", str(a.sample_batch),
               "--what", a.what]
     ours, theirs = [], []
     for _ in range(a.rounds):
-        theirs.append(run_json([a.torch_python, a.timer, *common]))
+        theirs.append(run_json([a.torch_python, a.timer, *common, "--steps", str(a.torch_steps)]))
         ours.append(run_json([sys.executable, "-m", "neuraldx7_jax", "bench", "--json", *common]))
     rows = []
     for key in FIGURES:
