@@ -31,8 +31,9 @@ def latent_summary(model):
         return None
     latent = model.config.model.latent
     mean, std = (np.asarray(features[k], np.float64) for k in ("mean", "std"))
-    if mean.shape != (latent,) or std.shape != (latent,) or not np.all(std > 0):
-        raise Error(f"the model's latent summary needs {latent} means and {latent} positive stds")
+    if mean.shape != (latent,) or std.shape != (latent,) or not (np.all(std > 0) and np.all(np.isfinite(mean))):
+        raise Error(f"features.json of the model in {getattr(model, 'path', None)}: the latent summary needs "
+                    f"{latent} finite means and {latent} positive stds; run `neuraldx7 features` again")
     return mean, std
 
 

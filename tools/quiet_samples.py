@@ -8,7 +8,7 @@ import argparse
 
 import numpy as np
 
-from neuraldx7_jax import audio, data, sample
+from neuraldx7_jax import audio, data, live, sample
 
 
 def main():
@@ -23,8 +23,9 @@ def main():
     val = data.load_dataset(a.data)["validation"][:a.samples]
     print(f"audible: prior samples {loud.mean():.3f}, validation voices {audio.audible(val).mean():.3f}, "
           f"their reconstructions {audio.audible(sample.reconstruct(model, val)).mean():.3f}")
-    if model.features:
-        print("latent mean of training voices:", np.round(model.features["mean"], 2))
+    summary = live.latent_summary(model)
+    if summary is not None:
+        print("latent mean of training voices:", np.round(summary[0], 2))
     print("latent mean of quiet samples:   ", np.round(z[~loud].mean(0), 2))
 
 

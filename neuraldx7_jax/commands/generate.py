@@ -17,6 +17,13 @@ def _seed(parser):
                         help="random seed; the same seed gives the same output (default: 0)")
 
 
+def _audio(parser):
+    parser.add_argument("--audio", type=int, nargs="?", const=1024, default=None, metavar="N",
+                        help="also render N voices (default 1024) at C4 through Dexed and report the "
+                             "audible fraction (RMS above -60 dBFS), beside the training data's; "
+                             "needs the audio extra")
+
+
 def _print_cartridge(path, voices):
     print(f"wrote {path}: {len(voices)} voices")
     for i in range(0, len(voices), 4):
@@ -135,10 +142,7 @@ def duplicates(parser):
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, argmax)")
     parser.add_argument("--data", help="the training dataset .npz (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--audio", type=int, nargs="?", const=1024, default=None, metavar="N",
-                        help="also render N voices (default 1024) at C4 through Dexed and report the "
-                             "audible fraction (RMS above -60 dBFS), beside the training data's; "
-                             "needs the audio extra")
+    _audio(parser)
     _seed(parser)
     _checkpoint(parser)
 
@@ -181,10 +185,7 @@ def evaluate(parser):
     parser.add_argument("file", metavar="FILE", help="a DX7 file, DATASET.npz or DATASET.npz:SPLIT")
     parser.add_argument("--data", help="the training dataset .npz for the baseline (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--audio", type=int, nargs="?", const=1024, default=None, metavar="N",
-                        help="also render N voices (default 1024) at C4 through Dexed and report the "
-                             "audible fraction (RMS above -60 dBFS), beside the training data's; "
-                             "needs the audio extra")
+    _audio(parser)
     _checkpoint(parser)
 
     def run(args):
