@@ -17,8 +17,14 @@ class TrainConfig:
     beta_temp: float = 6e-5  # beta(step) = normalised sigmoid(step * beta_temp - 6)
     # The original's CE covers all 128 values; True ignores values outside each parameter's range.
     masked_ce: bool = False
+    # Voices per forward/backward pass on each device; a step sums the gradients of its passes, so
+    # only speed and float rounding depend on it. 0: 4 on a CPU (the pass stays in cache, about
+    # 1.5x faster; docs/performance.md), the whole per-device batch on a GPU or TPU.
+    microbatch: int = 0
 
     def __post_init__(self):
+        if self.microbatch < 0:
+            raise ValueError(f"microbatch must be >= 0, not {self.microbatch}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
         if self.lr_schedule == "cosine" and self.decay_steps <= self.warmup_steps:

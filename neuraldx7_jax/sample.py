@@ -30,6 +30,7 @@ BUNDLED = Path(__file__).resolve().parent / "bundled"
 FEATURES_FILE = "features.json"  # per-dimension latent summary, beside the checkpoints
 BLOCK = 32  # rows per noise block (one cartridge); block i draws from fold_in(key, i)
 CHUNK = None  # rows per device call: None = `default_chunk()`; only speed and memory depend on it
+PIECE = 64  # rows decoded at a time per device inside a call, on a CPU
 
 
 class Model(NamedTuple):
@@ -117,19 +118,31 @@ def _block_noise(key, first_block, blocks, draw):
     return noise.reshape(-1, *noise.shape[2:])
 
 
-def _pick(logits_BxNxV, key, first_block, temperature, greedy):
-    """Voices from masked logits: argmax, or at `temperature` a draw from softmax(logits / T) by
-    inverting its CDF with one uniform per value (block noise; 128x fewer random numbers than
-    Gumbel-max). Out-of-range values have probability 0 and are never drawn."""
-    if greedy:
+def _pick(logits_BxNxV, u_BxN, temperature):
+    """Voices from masked logits: argmax when `u_BxN` is None, else at `temperature` a draw from
+    softmax(logits / T) by inverting its CDF with the uniform `u_BxN` (one per parameter; 128x
+    fewer random numbers than Gumbel-max). Out-of-range values have probability 0, never drawn."""
+    if u_BxN is None:
         return jnp.argmax(logits_BxNxV, -1).astype(jnp.uint8)
-    b, n, _ = logits_BxNxV.shape
-    u_BxN = _block_noise(key, first_block, b // BLOCK, lambda k: jax.random.uniform(k, (BLOCK, n)))
-    u_BxN = jax.lax.with_sharding_constraint(u_BxN, _shardings()[0])
     scaled = logits_BxNxV / temperature
     cdf = jnp.cumsum(jnp.exp(scaled - scaled.max(-1, keepdims=True)), -1)  # unnormalised
     value = jnp.sum(cdf < u_BxN[..., None] * cdf[..., -1:], -1)
     return jnp.minimum(value, jnp.asarray(dx7.MAX, value.dtype)).astype(jnp.uint8)
+
+
+def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature, greedy):
+    """Latents -> voices, decoded PIECE rows per device at a time on a CPU (`lax.map`: a piece's
+    working set stays in cache, about 1.8x faster than whole 1,024-row calls), all at once elsewhere."""
+    u_BxN = None
+    if not greedy:
+        u_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
+                             lambda k: jax.random.uniform(k, (BLOCK, dx7.N_PARAMS)))
+        u_BxN = jax.lax.with_sharding_constraint(u_BxN, _shardings()[0])
+    per_device = z_BxZ.shape[0] // jax.device_count()
+    k = train.pieces(per_device, PIECE if jax.default_backend() == "cpu" else per_device)
+    pieces = (train.split_rows(z_BxZ, k), None if greedy else train.split_rows(u_BxN, k))
+    voices = jax.lax.map(lambda zu: _pick(decode_logits(model_cfg, params, zu[0]), zu[1], temperature), pieces)
+    return train.join_rows(voices)
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,7 +153,7 @@ def _prior_fn(model_cfg, rows, greedy):
         z = _block_noise(latent_key, first_block, rows // BLOCK,
                          lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
         z = jax.lax.with_sharding_constraint(z, _shardings()[0])  # (rows, Z)
-        return z, _pick(decode_logits(model_cfg, params, z), value_key, first_block, temperature, greedy)
+        return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 
 
@@ -148,7 +161,7 @@ def _prior_fn(model_cfg, rows, greedy):
 def _decode_fn(model_cfg, greedy):
     """Jitted `(params, z, value_key, first_block, temperature) -> voices`."""
     def fn(params, z_BxZ, value_key, first_block, temperature):
-        return _pick(decode_logits(model_cfg, params, z_BxZ), value_key, first_block, temperature, greedy)
+        return _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 
 

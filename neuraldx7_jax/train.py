@@ -76,21 +76,52 @@ def make_mesh():
     return Mesh(np.array(jax.devices()), ("data",))
 
 
+CPU_MICROBATCH = 4  # voices per forward/backward pass on a CPU when the config leaves it at 0
+
+
+def pieces(rows, most):
+    """The fewest equal pieces `rows` splits into with at most `most` rows each."""
+    return next(k for k in range(1, rows + 1) if rows % k == 0 and rows // k <= most)
+
+
+def split_rows(x, k):
+    """(B, ...) -> (k, B / k, ...); piece i holds rows i, i + k, ..., so every piece of a
+    batch-sharded array keeps its rows on their devices (B / k a multiple of the devices)."""
+    return jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1)
+
+
+def join_rows(y):
+    """The inverse of `split_rows`."""
+    return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
+
+
 def make_train_step(cfg, mesh):
-    """The jitted `train_step(state, batch, key) -> (state, metrics)`; state donated."""
+    """The jitted `train_step(state, batch, key) -> (state, metrics)`; state donated. The batch's
+    gradient is the mean of its microbatches' (`TrainConfig.microbatch` voices per device each)."""
     t = cfg.train
     model = VAE(cfg.model)
+    per_device = t.batch_size // mesh.devices.size
+    most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)
+    k = pieces(per_device, most)
+
+    def loss_fn(params, x_BxN, eps, b):
+        terms = loss_terms(model.apply({"params": params}, x_BxN, eps), x_BxN, t.masked_ce)
+        means = jax.tree.map(jnp.mean, terms)
+        return means["ce"] + t.max_beta * b * means["kl"], means
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state, x_BxN, key):
         eps = jax.random.normal(jax.random.fold_in(key, state.step), (x_BxN.shape[0], cfg.model.latent))
         b = beta(state.step, t.beta_temp)
+        xs, epss = split_rows(x_BxN, k), split_rows(eps, k)
 
-        def loss_fn(params):
-            terms = loss_terms(model.apply({"params": params}, x_BxN, eps), x_BxN, t.masked_ce)
-            means = jax.tree.map(jnp.mean, terms)
-            return means["ce"] + t.max_beta * b * means["kl"], means
+        def add(total, piece):
+            return jax.tree.map(lambda a, o: a + o / k, total, grad_fn(state.params, *piece, b)), None
 
-        (loss, means), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             jax.eval_shape(grad_fn, state.params, xs[0], epss[0], b))
+        ((loss, means), grads), _ = jax.lax.scan(add, zeros, (xs, epss))
         new_state = state.apply_gradients(grads=grads)
         metrics = dict(means, loss=loss, beta=b, grad_norm=optax.tree.norm(grads),
                        param_norm=optax.tree.norm(state.params))
