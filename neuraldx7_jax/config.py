@@ -71,7 +71,7 @@ def bundled():
     return Config(
         model=ModelConfig(features=64, heads=4, layers=2, latent=8, flows=4, attention_scale="head_dim"),
         train=TrainConfig(batch_size=64, learning_rate=1e-3, warmup_steps=200, lr_schedule="cosine",
-                          decay_steps=4000, masked_ce=True, max_beta=0.05, beta_temp=3e-3))
+                          decay_steps=4000, masked_ce=True, max_beta=0.03, beta_temp=3e-3))
 
 
 PRESETS = {"original": original, "small": small, "bundled": bundled, "test": test}
