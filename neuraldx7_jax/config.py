@@ -17,9 +17,9 @@ class TrainConfig:
     beta_temp: float = 6e-5  # beta(step) = normalised sigmoid(step * beta_temp - 6)
     # The original's CE covers all 128 values; True ignores values outside each parameter's range.
     masked_ce: bool = False
-    # Voices per forward/backward pass on each device; a step sums the gradients of its passes, so
-    # only speed and float rounding depend on it. 0: 4 on a CPU (the pass stays in cache, about
-    # 1.5x faster; docs/performance.md), the whole per-device batch on a GPU or TPU.
+    # At most this many voices per forward/backward pass on each device (equal passes); a step
+    # averages its passes' gradients, so only speed and float rounding depend on it. 0: 4 on a CPU
+    # (the pass stays in cache, about 1.5x faster; docs/performance.md), one pass on a GPU or TPU.
     microbatch: int = 0
 
     def __post_init__(self):
