@@ -192,16 +192,20 @@ def _rows_on_devices(array, start, rows):
 
 def _stream(run, count, rows):
     """Yields `run(start)` for start = 0, rows, ... < count as numpy, cut to `count` rows in all.
-    The next call is dispatched before the host waits for the current one."""
+    The next call is dispatched before the host waits for the current one; a caller that stops
+    early (closes the generator) waits for that call, so it does not run on behind the caller."""
     pending = collections.deque()
-    for start in range(0, count, rows):
-        pending.append((start, run(start)))
-        if len(pending) == 2:
+    try:
+        for start in range(0, count, rows):
+            pending.append((start, run(start)))
+            if len(pending) == 2:
+                start_, out = pending.popleft()
+                yield jax.tree.map(lambda a: np.asarray(a)[:count - start_], out)
+        while pending:
             start_, out = pending.popleft()
             yield jax.tree.map(lambda a: np.asarray(a)[:count - start_], out)
-    while pending:
-        start_, out = pending.popleft()
-        yield jax.tree.map(lambda a: np.asarray(a)[:count - start_], out)
+    finally:
+        jax.block_until_ready([out for _, out in pending])
 
 
 def _check_temperature(temperature):

@@ -2,6 +2,7 @@
 
     python tools/compare_original.py --torch-python /tmp/orig/bin/python \
         --timer ../shared/bench/torch_original.py --config small [--rounds 2] [--torch-steps 10]
+        [--torch-cuda]
 
 The torch side needs a Python with torch, numpy, mido and bitstruct (see the timer's header).
 Both run in turn, `--rounds` times each, on the same machine; the best round of each is kept.
@@ -10,13 +11,16 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 FIGURES = ("train_samples_per_s", "sample_per_s", "decode1_p50_ms", "decode1_p99_ms")
 
 
 def run_json(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def best(runs, key):
@@ -35,12 +39,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--torch-steps", type=int, default=10,
                     help="train steps the original's timer averages (fewer for the slow `original` preset)")
+    ap.add_argument("--torch-cuda", action="store_true",
+                    help="run the original on a CUDA GPU (through tools/torch_cuda.py); ours runs on JAX's default backend")
     a = ap.parse_args()
+    timer = [str(Path(__file__).with_name("torch_cuda.py")), a.timer] if a.torch_cuda else [a.timer]
     common = ["--config", a.config, "--batch", str(a.batch), "--sample-batch", str(a.sample_batch),
               "--what", a.what]
     ours, theirs = [], []
     for _ in range(a.rounds):
-        theirs.append(run_json([a.torch_python, a.timer, *common, "--steps", str(a.torch_steps)]))
+        theirs.append(run_json([a.torch_python, *timer, *common, "--steps", str(a.torch_steps)]))
         ours.append(run_json([sys.executable, "-m", "neuraldx7_jax", "bench", "--json", *common]))
     rows = []
     for key in FIGURES:

@@ -1,0 +1,55 @@
+"""`neuraldx7 bench` and `tools/compare_original.py`: every figure comes out, measured, in the
+documented form. No timed assertions: speed is reported, never asserted."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SHARED
+
+from neuraldx7_jax.cli import main
+
+TIMER = SHARED / "bench" / "torch_original.py"
+SRC = os.environ.get("NDX7_SRC") or os.path.expanduser("~/.cache/neuraldx7-original/neuralDX7-0.0.8")
+
+
+def test_bench_prints_every_figure(capsys):
+    assert main(["bench", "--config", "test", "--batch", "8", "--sample-batch", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["impl"] == "neuraldx7-jax" and out["config"] == "test" and out["devices"] >= 1
+    for key in ("train_samples_per_s", "sample_per_s", "decode1_p50_ms", "decode1_p99_ms"):
+        assert math.isfinite(out[key]) and out[key] > 0, key
+    assert out["decode1_p99_ms"] >= out["decode1_p50_ms"]
+
+
+def test_bench_times_only_what_is_asked_of_the_bundled_model(capsys):
+    assert main(["bench", "--checkpoint", "bundled", "--what", "latency"]) == 0
+    text = capsys.readouterr().out
+    assert "checkpoint:bundled" in text and "params                263032" in text
+    assert "decode1_p50_ms" in text and "train_samples_per_s" not in text and "sample_per_s" not in text
+
+
+def test_compare_original_runs_both_and_prints_the_ratio():
+    missing = [what for what, ok in ((str(TIMER), TIMER.is_file()), (SRC, os.path.isdir(SRC))) if not ok]
+    try:
+        import bitstruct, torch  # noqa: F401
+    except ImportError as e:
+        missing.append(f"{e.name} (pip install -e '.[original]')")
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"missing in CI: {', '.join(missing)}")
+        pytest.skip(f"missing: {', '.join(missing)}")
+    proc = subprocess.run([sys.executable, "tools/compare_original.py", "--torch-python", sys.executable,
+                           "--timer", str(TIMER), "--config", "small", "--what", "latency"],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NDX7_SRC": SRC})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {r["figure"]: r for r in result["rows"]}
+    assert set(rows) == {"decode1_p50_ms", "decode1_p99_ms"}
+    for r in rows.values():
+        assert r["jax"] > 0 and r["torch"] > 0 and r["speedup"] == pytest.approx(r["torch"] / r["jax"])
+    assert result["torch_runs"][0]["impl"] == "torch-original" and result["jax_runs"][0]["impl"] == "neuraldx7-jax"
+    assert "decode1_p50_ms" in proc.stdout.splitlines()[0]
