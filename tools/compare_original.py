@@ -1,10 +1,11 @@
 """Run `neuraldx7 bench` and the original PyTorch code's timer side by side; print the ratios.
 
-    python tools/compare_original.py --torch-python /tmp/orig/bin/python \
+    python tools/compare_original.py --torch-python python3 \
         --timer ../shared/bench/torch_original.py --config small [--rounds 2] [--torch-steps 10]
         [--torch-cuda]
 
-The torch side needs a Python with torch, numpy, mido and bitstruct (see the timer's header).
+The torch side needs a Python with torch, numpy, mido and bitstruct: this one after
+`pip install -e ".[original]"`, or any other (see the timer's header).
 Both run in turn, `--rounds` times each, on the same machine; the best round of each is kept.
 """
 import argparse

@@ -8,8 +8,8 @@ original registers its position table from numpy, on the CPU), and every clock r
 waits for the GPU (`torch.cuda.synchronize()`), so its figures count finished work, as ours do.
 `tools/compare_original.py --torch-cuda` runs the timer through this.
 """
-import json
 import importlib.util
+import json
 import sys
 import time
 

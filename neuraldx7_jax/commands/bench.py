@@ -8,7 +8,8 @@ from neuraldx7_jax.config import PRESETS
 @command("bench", "Time training, sampling and single-voice decoding (see docs/performance.md).")
 def _bench(p):
     p.add_argument("--config", choices=sorted(PRESETS), default="small", help="model preset (random weights)")
-    p.add_argument("--checkpoint", help="time this trained model's sampling and decoding instead ('bundled': the bundled model)")
+    p.add_argument("--checkpoint",
+                   help="time this trained model (a work directory, or 'bundled') instead of random weights")
     p.add_argument("--batch", type=int, default=32, help="training batch size")
     p.add_argument("--sample-batch", type=int, default=1024, help="prior samples per device call")
     p.add_argument("--what", default="train,sample,latency",
