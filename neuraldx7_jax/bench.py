@@ -63,16 +63,18 @@ def time_decode1(model, calls=100):
     return dict(decode1_p50_ms=float(np.percentile(lat, 50)), decode1_p99_ms=float(np.percentile(lat, 99)))
 
 
-def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "latency"), checkpoint=None):
+def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "latency"), checkpoint=None,
+        overrides=()):
     """The benchmark figures as a dict; `checkpoint` times that model instead of random weights
-    ("bundled": the bundled model)."""
+    ("bundled": the bundled model); `overrides` are `config.override` assignments."""
     if checkpoint is not None:
         model = sample.load_model(None if checkpoint == "bundled" else checkpoint)
-        cfg, config = model.config, f"checkpoint:{checkpoint}"
+        cfg = config_lib.override(model.config, overrides)
+        model, config = model._replace(config=cfg), f"checkpoint:{checkpoint}"
     else:
-        cfg = config_lib.preset(config)
+        cfg = config_lib.override(config_lib.preset(config), overrides)
         model = sample.Model(cfg, train.init_state(cfg, 0).params, {}, None)
-    out = dict(impl="neuraldx7-jax", config=config, jax=jax.__version__, backend=jax.default_backend(),
+    out = dict(impl="neuraldx7-jax", config=config, overrides=list(overrides), jax=jax.__version__, backend=jax.default_backend(),
                devices=jax.device_count(), params=int(sum(p.size for p in jax.tree.leaves(model.params))))
     if "train" in what:
         out["train_samples_per_s"] = time_train(cfg, batch)

@@ -32,6 +32,14 @@ def test_bench_times_only_what_is_asked_of_the_bundled_model(capsys):
     assert "decode1_p50_ms" in text and "train_samples_per_s" not in text and "sample_per_s" not in text
 
 
+def test_bench_times_a_changed_config_and_rejects_a_bad_change(capsys):
+    assert main(["bench", "--config", "test", "--what", "train", "--set", "train.microbatch=2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["overrides"] == ["train.microbatch=2"] and out["train_samples_per_s"] > 0
+    assert main(["bench", "--set", "model.width=3"]) == 2
+    assert "bad override 'model.width=3'" in capsys.readouterr().err
+
+
 def test_compare_original_runs_both_and_prints_the_ratio():
     missing = [what for what, ok in ((str(TIMER), TIMER.is_file()), (SRC, os.path.isdir(SRC))) if not ok]
     try:
