@@ -30,7 +30,14 @@ BUNDLED = Path(__file__).resolve().parent / "bundled"
 FEATURES_FILE = "features.json"  # per-dimension latent summary, beside the checkpoints
 BLOCK = 32  # rows per noise block (one cartridge); block i draws from fold_in(key, i)
 CHUNK = None  # rows per device call: None = `default_chunk()`; only speed and memory depend on it
-PIECE = 64  # rows decoded at a time per device inside a call, on a CPU
+# On a CPU a call decodes its rows in pieces whose feed-forward activations, (rows, N, 3F) float32,
+# fit in about this many bytes: 16 rows for `small`, 4 for `original` (docs/performance.md).
+PIECE_BYTES = 4 << 20
+
+
+def piece_rows(model_cfg):
+    """Rows per piece on a CPU for this width."""
+    return max(1, PIECE_BYTES // (dx7.N_PARAMS * 3 * model_cfg.features * 4))
 
 
 class Model(NamedTuple):
@@ -131,15 +138,16 @@ def _pick(logits_BxNxV, u_BxN, temperature):
 
 
 def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature, greedy):
-    """Latents -> voices, decoded PIECE rows per device at a time on a CPU (`lax.map`: a piece's
-    working set stays in cache, about 1.8x faster than whole 1,024-row calls), all at once elsewhere."""
+    """Latents -> voices, decoded `piece_rows` rows per device at a time on a CPU (`lax.map`: a
+    piece's working set stays in cache, about 1.8x faster than whole 1,024-row calls), all at once
+    elsewhere."""
     u_BxN = None
     if not greedy:
         u_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
                              lambda k: jax.random.uniform(k, (BLOCK, dx7.N_PARAMS)))
         u_BxN = jax.lax.with_sharding_constraint(u_BxN, _shardings()[0])
     per_device = z_BxZ.shape[0] // jax.device_count()
-    k = train.pieces(per_device, PIECE if jax.default_backend() == "cpu" else per_device)
+    k = train.pieces(per_device, piece_rows(model_cfg) if jax.default_backend() == "cpu" else per_device)
     pieces = (train.split_rows(z_BxZ, k), None if greedy else train.split_rows(u_BxN, k))
     voices = jax.lax.map(lambda zu: _pick(decode_logits(model_cfg, params, zu[0]), zu[1], temperature), pieces)
     return train.join_rows(voices)

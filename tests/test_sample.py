@@ -57,6 +57,21 @@ def test_prior_samples_are_valid_and_reproducible(model):
     assert not np.array_equal(v, sample.sample_prior(model, 70, 1000.0, seed=2, chunk=32))
 
 
+def test_decoding_in_pieces_changes_nothing(model, monkeypatch):
+    """On a CPU a call decodes its rows in pieces (`sample.piece_rows`): the same voices."""
+    whole = {t: sample.sample_prior(model, 64, t, seed=7, chunk=64) for t in (0.0, 1.0)}
+    rows = 4 * dx7.N_PARAMS * 3 * model.config.model.features * 4  # the bytes of 4 rows
+    monkeypatch.setattr(sample, "PIECE_BYTES", rows)
+    assert sample.piece_rows(model.config.model) == 4
+    sample._prior_fn.cache_clear()  # traced with the default pieces
+    try:
+        np.testing.assert_array_equal(sample.sample_prior(model, 64, 0.0, seed=7, chunk=64), whole[0.0])
+        warm = sample.sample_prior(model, 64, 1.0, seed=7, chunk=64)
+        assert np.mean(warm != whole[1.0]) < 1e-3  # sampled values: equal up to float rounding
+    finally:
+        sample._prior_fn.cache_clear()
+
+
 def test_chunking_changes_nothing(model):
     """Noise comes in blocks of 32 rows keyed by their index: chunk size and count do not matter."""
     full = sample.sample_prior(model, 100, 1.0, seed=7, chunk=64)
