@@ -8,6 +8,7 @@ import numpy as np
 
 from neuraldx7_jax import config as config_lib
 from neuraldx7_jax import dx7, sample, train
+from neuraldx7_jax.errors import Error
 
 
 def random_voices(n, seed=0):
@@ -67,15 +68,18 @@ def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "l
         overrides=()):
     """The benchmark figures as a dict; `checkpoint` times that model instead of random weights
     ("bundled": the bundled model); `overrides` are `config.override` assignments."""
-    if checkpoint is not None:
-        model = sample.load_model(None if checkpoint == "bundled" else checkpoint)
-        cfg = config_lib.override(model.config, overrides)
-        model, config = model._replace(config=cfg), f"checkpoint:{checkpoint}"
+    loaded = sample.load_model(None if checkpoint == "bundled" else checkpoint) if checkpoint else None
+    try:
+        cfg = config_lib.override(loaded.config if loaded else config_lib.preset(config), overrides)
+    except ValueError as e:  # a bad assignment: the user's mistake, reported before any work
+        raise Error(str(e)) from None
+    if loaded:
+        model, config = loaded._replace(config=cfg), f"checkpoint:{checkpoint}"
     else:
-        cfg = config_lib.override(config_lib.preset(config), overrides)
         model = sample.Model(cfg, train.init_state(cfg, 0).params, {}, None)
-    out = dict(impl="neuraldx7-jax", config=config, overrides=list(overrides), jax=jax.__version__, backend=jax.default_backend(),
-               devices=jax.device_count(), params=int(sum(p.size for p in jax.tree.leaves(model.params))))
+    out = dict(impl="neuraldx7-jax", config=config, overrides=list(overrides), jax=jax.__version__,
+               backend=jax.default_backend(), devices=jax.device_count(),
+               params=int(sum(p.size for p in jax.tree.leaves(model.params))))
     if "train" in what:
         out["train_samples_per_s"] = time_train(cfg, batch)
     if "sample" in what:

@@ -60,8 +60,8 @@ def test_prior_samples_are_valid_and_reproducible(model):
 def test_decoding_in_pieces_changes_nothing(model, monkeypatch):
     """On a CPU a call decodes its rows in pieces (`sample.piece_rows`): the same voices."""
     whole = {t: sample.sample_prior(model, 64, t, seed=7, chunk=64) for t in (0.0, 1.0)}
-    rows = 4 * dx7.N_PARAMS * 3 * model.config.model.features * 4  # the bytes of 4 rows
-    monkeypatch.setattr(sample, "PIECE_BYTES", rows)
+    four_rows = 4 * dx7.N_PARAMS * 3 * model.config.model.features * 4  # bytes
+    monkeypatch.setattr(sample, "PIECE_BYTES", four_rows)
     assert sample.piece_rows(model.config.model) == 4
     sample._prior_fn.cache_clear()  # traced with the default pieces
     try:
