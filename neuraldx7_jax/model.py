@@ -35,6 +35,10 @@ class ModelConfig:
     # original's packed-field order, as NeuralDX7 did; imported weights need it) or "canonical"
     # (row p for field p). Either trains equally well; only imports care.
     position_order: str = "original"
+    # The attention stacks' matmuls and activations: "float32" (the original's) or "bfloat16"
+    # (mixed precision: parameters, softmax, GELU, layer-norm statistics, the latent path and
+    # the logits stay float32; slower on a CPU; docs/performance.md has what it was measured at).
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.features % self.heads:
@@ -43,6 +47,12 @@ class ModelConfig:
             raise ValueError(f"attention_scale must be 'heads' or 'head_dim', not {self.attention_scale!r}")
         if self.position_order not in ("canonical", "original"):
             raise ValueError(f"position_order must be 'canonical' or 'original', not {self.position_order!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', not {self.compute_dtype!r}")
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.compute_dtype)
 
 
 _SQRT_HALF, _INV_SQRT_2PI = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
@@ -97,24 +107,27 @@ def _torch_uniform(fan_in):
 
 
 class Dense(nn.Module):
-    """nn.Dense with PyTorch's default initialisation, so training starts where the original's does."""
+    """nn.Dense with PyTorch's default initialisation, so training starts where the original's does.
+    Float32 parameters; inputs, matmul and output in `dtype`."""
     features: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         init = _torch_uniform(x.shape[-1])
-        return nn.Dense(self.features, kernel_init=init, bias_init=init, name="linear")(x)
+        return nn.Dense(self.features, kernel_init=init, bias_init=init, dtype=self.dtype, name="linear")(x)
 
 
 class FeedForwardGELU(nn.Module):
-    """Dense(in -> 3 in), GELU, Dense(-> out)."""
+    """Dense(in -> 3 in), GELU (in float32), Dense(-> out); matmuls and output in `dtype`."""
     features: int
     approximate: bool = False
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        h = Dense(3 * x.shape[-1], name="fc1")(x)
-        return Dense(self.features, name="fc2")(activation(h, self.approximate))
+        h = Dense(3 * x.shape[-1], self.dtype, name="fc1")(x).astype(jnp.float32)
+        return Dense(self.features, self.dtype, name="fc2")(activation(h, self.approximate))
 
 
 def positional_table(n, features):
@@ -156,27 +169,30 @@ class Attention(nn.Module):
     def __call__(self, x_BxNxF):
         cfg = self.config
         h, d = cfg.heads, cfg.features // cfg.heads
-        qkv = Dense(3 * h * d, name="qkv")(x_BxNxF)
+        qkv = Dense(3 * h * d, cfg.dtype, name="qkv")(x_BxNxF)
         qkv_BxNxDx3xH = qkv.reshape(*x_BxNxF.shape[:-1], d, 3, h)
         # Heads first, (B, H, N, D): batched matmuls in the layout the CPU kernels like best.
         q, k, v = (jnp.transpose(qkv_BxNxDx3xH[..., i, :], (0, 3, 1, 2)) for i in range(3))
         scale = math.sqrt(h if cfg.attention_scale == "heads" else d)
-        scores_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k) / scale
-        weights = softmax(scores_BxHxNxN)
+        scores_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / scale
+        weights = softmax(scores_BxHxNxN).astype(cfg.dtype)
         y_BxHxNxD = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
         return jnp.transpose(y_BxHxNxD, (0, 2, 3, 1)).reshape(x_BxNxF.shape)  # feature = i_d * H + i_h
 
 
 class AttentionLayer(nn.Module):
-    """Post-norm layer: LN(Attn(X) + X), then LN_noaffine(FF(X) + X)."""
+    """Post-norm layer: LN(Attn(X) + X), then LN_noaffine(FF(X) + X), in the compute dtype."""
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        x = nn.LayerNorm(epsilon=1e-5, name="attention_norm")(Attention(cfg, name="attention")(x) + x)
-        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, name="feedforward")(x)
-        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name="feedforward_norm")(ff + x)
+        x = x.astype(cfg.dtype)
+        attention = Attention(cfg, name="attention")(x)
+        x = nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, name="attention_norm")(attention + x)
+        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, cfg.dtype, name="feedforward")(x)
+        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=cfg.dtype,
+                            name="feedforward_norm")(ff + x)
 
 
 class PositionalFiLM(nn.Module):
@@ -268,7 +284,7 @@ class VAE(nn.Module):
     def encode(self, x_BxN, eps_BxZ):
         """Voices and standard-normal noise -> dict(mu, sigma, z0, zk, log_det)."""
         cfg = self.config
-        h_BxF = self.latent_encoder(self.embedder(x_BxN)).mean(axis=-2)
+        h_BxF = self.latent_encoder(self.embedder(x_BxN)).astype(jnp.float32).mean(axis=-2)
         mu, s = jnp.split(self.q_out(activation(self.q_hidden(h_BxF), cfg.gelu_approximate)),
                           2, axis=-1)
         sigma = jnp.exp(jnp.clip(0.5 * s, -5.0, 4.0))
@@ -280,7 +296,7 @@ class VAE(nn.Module):
     def raw_logits(self, z_BxZ):
         """Latent -> (B, N, V) logits before the value mask (what the training loss sees)."""
         c_BxNxZ = self.z_to_c(z_BxZ).reshape(z_BxZ.shape[0], N, self.config.latent)
-        return self.logits(self.decoder(c_BxNxZ))
+        return self.logits(self.decoder(c_BxNxZ).astype(jnp.float32))
 
     def decode(self, z_BxZ):
         """Latent -> (B, N, V) logits with out-of-range values set to -1e9."""

@@ -85,6 +85,23 @@ def test_config_rejects_bad_values():
         model.ModelConfig(features=10, heads=3)
     with pytest.raises(ValueError, match="attention_scale"):
         model.ModelConfig(attention_scale="bogus")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        model.ModelConfig(compute_dtype="float16")
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    """Same parameters, matmuls in bfloat16: float32 outputs within bfloat16's rounding."""
+    cfg = config.small().model
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 100, (4, dx7.N_PARAMS)), jnp.int32)
+    eps = jax.random.normal(jax.random.key(1), (4, cfg.latent))
+    params = jax.jit(model.VAE(cfg).init)(jax.random.key(0), x, eps)
+    half = model.VAE(config.override(config.small(), ["model.compute_dtype=bfloat16"]).model)
+    assert "bf16" in jax.jit(half.apply).lower(params, x, eps).as_text()  # it does compute in bf16
+    full, out = jax.jit(model.VAE(cfg).apply)(params, x, eps), jax.jit(half.apply)(params, x, eps)
+    assert all(v.dtype == jnp.float32 for v in out.values())
+    np.testing.assert_allclose(out["logits"], full["logits"], atol=0.05)
+    np.testing.assert_allclose(out["mu"], full["mu"], atol=0.01)
+    assert float((out["logits"].argmax(-1) == full["logits"].argmax(-1)).mean()) > 0.95
 
 
 def test_hand_written_gradients_equal_autodiff():

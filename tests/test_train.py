@@ -37,9 +37,10 @@ def test_beta_follows_the_original_annealing():
     assert float(train.beta(10_000_000, 6e-5)) == pytest.approx(1.0)
 
 
-def test_memorises_a_few_voices():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_memorises_a_few_voices(dtype):
     cfg = config.override(config.test(), ["model.features=32", "model.layers=2", "train.batch_size=4",
-                                          "train.learning_rate=3e-3"])
+                                          "train.learning_rate=3e-3", f"model.compute_dtype={dtype}"])
     voices = jnp.asarray(random_voices(4, 2), jnp.int32)
     state = train.init_state(cfg, 0)
     step = train.make_train_step(cfg, train.make_mesh())
@@ -47,6 +48,7 @@ def test_memorises_a_few_voices():
     for _ in range(300):
         state, metrics = step(state, voices, key)
     assert float(metrics["accuracy"]) > 0.97, metrics
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))  # float32 master weights
 
 
 def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
