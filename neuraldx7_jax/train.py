@@ -7,6 +7,7 @@ with the same work directory resumes exactly where the last checkpoint stopped.
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -262,7 +263,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
         return jax.make_array_from_process_local_data(batch_sharding, local)
 
     start = int(state.step)
-    log = open(workdir / "metrics.jsonl", "a")
+    log = _metrics_log(workdir / "metrics.jsonl", start)
     bar = _progress(start, steps, progress)
     last_eval, t0, t_steps = {}, time.perf_counter(), 0
     next_batch = batch(start) if start < steps else None
@@ -290,6 +291,24 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     mngr.close()
     log.close()
     return last_eval
+
+
+def _metrics_log(path, start):
+    """`path` opened for appending, holding only the records of steps up to `start`: a run that
+    stopped after its last checkpoint logged steps that the resumed run logs again (an unfinished
+    last line goes too). Rewritten through a temporary file."""
+    if path.exists():
+        kept = []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                if line.endswith("\n") and json.loads(line)["step"] <= start:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return open(path, "a")
 
 
 def _write(log, record):

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +66,21 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
     assert cfg == config.test() and meta["step"] == 12 and meta["dataset"]["train"] == 64
     with pytest.raises(Error, match="another config"):
         train.train_and_evaluate(config.small(), dataset, tmp_path / "b", 13)
+
+
+def test_a_resumed_run_logs_each_step_once(dataset, tmp_path):
+    """A run that stopped after its last checkpoint (step 5) had logged steps 6 and 7; resuming
+    from step 5 logs them again, so the earlier records of those steps go."""
+    common = ["--config", "test", "--data", str(dataset), "--workdir", str(tmp_path), "--log-every", "1",
+              "--eval-every", "100", "--checkpoint-every", "5"]
+    assert cli.main(["train", *common, "--steps", "7"]) == 0
+    for step in (6, 7):  # the run had stopped before these checkpoints
+        shutil.rmtree(tmp_path / "checkpoints" / str(step), ignore_errors=True)
+    with open(tmp_path / "metrics.jsonl", "a") as log:
+        log.write('{"step": 8, "split": "tr')  # and had been killed while writing a line
+    assert cli.main(["train", *common, "--steps", "9"]) == 0
+    records = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 10))
 
 
 def test_an_interrupted_save_leaves_the_last_good_checkpoint(dataset, tmp_path):
