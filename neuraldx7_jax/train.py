@@ -296,7 +296,9 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
 def _metrics_log(path, start):
     """`path` opened for appending, holding only the records of steps up to `start`: a run that
     stopped after its last checkpoint logged steps that the resumed run logs again (an unfinished
-    last line goes too). Rewritten through a temporary file."""
+    last line goes too). Rewritten through a temporary file. Only the first host writes it."""
+    if jax.process_index():
+        return open(os.devnull, "a")
     if path.exists():
         kept = []
         for line in path.read_text().splitlines(keepends=True):
