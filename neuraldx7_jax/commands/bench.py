@@ -15,7 +15,8 @@ def _bench(p):
     p.add_argument("--what", default="train,sample,latency",
                    help="comma-separated subset of train,sample,latency")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="change a config field, e.g. --set train.microbatch=8 (repeatable)")
+                   help="change a config field, e.g. --set train.microbatch=8 or --set "
+                        "model.compute_dtype=bfloat16 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
 
     def handler(a):
