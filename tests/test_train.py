@@ -74,8 +74,7 @@ def test_a_resumed_run_logs_each_step_once(dataset, tmp_path):
     common = ["--config", "test", "--data", str(dataset), "--workdir", str(tmp_path), "--log-every", "1",
               "--eval-every", "100", "--checkpoint-every", "5"]
     assert cli.main(["train", *common, "--steps", "7"]) == 0
-    for step in (6, 7):  # the run had stopped before these checkpoints
-        shutil.rmtree(tmp_path / "checkpoints" / str(step), ignore_errors=True)
+    shutil.rmtree(tmp_path / "checkpoints" / "7")  # the run had stopped before its step-7 checkpoint
     with open(tmp_path / "metrics.jsonl", "a") as log:
         log.write('{"step": 8, "split": "tr')  # and had been killed while writing a line
     assert cli.main(["train", *common, "--steps", "9"]) == 0
