@@ -25,6 +25,8 @@ class ModelConfig:
     features: int = 512  # F, width of every attention layer
     heads: int = 8  # H; each head is F / H wide
     layers: int = 12  # attention layers, in the encoder and in the decoder each
+    # Attention layers of the decoder alone when set; 0: `layers` (the original: equal stacks).
+    decoder_layers: int = 0
     latent: int = 8  # Z, size of the latent space
     flows: int = 16  # K triangular Sylvester flows
     # The original divides attention scores by sqrt(H) (a quirk); "head_dim" uses sqrt(F / H).
@@ -41,6 +43,8 @@ class ModelConfig:
     compute_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.decoder_layers < 0:
+            raise ValueError(f"decoder_layers must be >= 0, not {self.decoder_layers}")
         if self.features % self.heads:
             raise ValueError(f"features ({self.features}) must be a multiple of heads ({self.heads})")
         if self.attention_scale not in ("heads", "head_dim"):
@@ -227,7 +231,7 @@ class Decoder(nn.Module):
         cfg = self.config
         g, b = PositionalFiLM(cfg, name="positional")()
         x = jnp.broadcast_to(g + b, (c_BxNxZ.shape[0], N, cfg.features))  # g * ones + b
-        for i in range(cfg.layers):
+        for i in range(cfg.decoder_layers or cfg.layers):
             film = FeedForwardGELU(2 * cfg.features, cfg.gelu_approximate, name=f"film_{i}")(c_BxNxZ)
             g_c, b_c = jnp.split(film, 2, axis=-1)
             x = AttentionLayer(cfg, name=f"layer_{i}")(jax.nn.sigmoid(g_c) * x + jnp.tanh(b_c))
