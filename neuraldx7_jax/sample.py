@@ -21,13 +21,14 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from neuraldx7_jax import data, dx7, train
+from neuraldx7_jax import data, dx7, names, train
 from neuraldx7_jax.config import Config
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
-FEATURES_FILE = "features.json"  # per-dimension latent summary, beside the checkpoints
+FEATURES_FILE = "features.json"  # per-dimension latent summary and fitted prior, beside the checkpoints
+TRAINING_FILE = "training.npz"  # facts of the training set (no voices), beside the checkpoints
 BLOCK = 32  # rows per noise block (one cartridge); block i draws from fold_in(key, i)
 CHUNK = None  # rows per device call: None = `default_chunk()`; only speed and memory depend on it
 # On a CPU a call decodes its rows in pieces whose feed-forward activations, (rows, N, 3F) float32,
@@ -41,17 +42,77 @@ def piece_rows(model_cfg):
 
 
 class Model(NamedTuple):
-    """A trained model: its config, parameters, checkpoint metadata and latent features (or None)."""
+    """A trained model: its config, parameters, checkpoint metadata, latent features (or None)
+    and facts of its training set (or None)."""
     config: Config
     params: Any
     meta: dict
     path: Path
-    features: dict | None = None  # features.json: {"mean": [Z], "std": [Z], "dataset", "count"}
+    features: dict | None = None  # features.json: {"mean": [Z], "std": [Z], "prior", "dataset", "count"}
+    training: dict | None = None  # training.npz: `data.training_facts` of its training voices
+
+
+class Prior(NamedTuple):
+    """A Gaussian over the decoder's latent z_K: z = mean + chol @ eps with eps ~ N(0, I)."""
+    mean: np.ndarray  # (Z,)
+    chol: np.ndarray  # (Z, Z) lower-triangular: the covariance is chol @ chol.T
+    name: str  # "fitted" (the training set's latents), "standard" (N(0, I)) or "like"
+
+
+PRIORS = ("fitted", "standard")
+LIKE_FLOOR = 0.2  # smallest std of a --like density along any direction (latent units)
+
+
+def standard_prior(latent):
+    """N(0, I), the original's prior."""
+    return Prior(np.zeros(latent, np.float32), np.eye(latent, dtype=np.float32), "standard")
+
+
+def fit_prior(z, floor=0.0, name="fitted"):
+    """The Gaussian with the mean and covariance of latents `z` (n, Z), its covariance raised by
+    floor**2 * I (so that a handful of points, even one, gives a usable density)."""
+    z = np.asarray(z, np.float64)
+    if z.ndim != 2 or not len(z) or not np.all(np.isfinite(z)):
+        raise Error(f"cannot fit a prior to latents of shape {z.shape}")
+    cov = np.cov(z, rowvar=False).reshape(z.shape[1], z.shape[1]) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
+    chol = np.linalg.cholesky(cov + (floor ** 2 + 1e-9) * np.eye(z.shape[1]))
+    return Prior(z.mean(0).astype(np.float32), chol.astype(np.float32), name)
+
+
+def prior_of(model, prior=None):
+    """The Prior to sample `model` from: a Prior itself, "standard", "fitted" (the density of the
+    training set's latents stored with the model), or None: fitted when the model has one."""
+    if isinstance(prior, Prior):
+        return prior
+    if prior not in (None, *PRIORS):
+        raise Error(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
+    latent = model.config.model.latent
+    stored = (model.features or {}).get("prior")
+    if prior == "standard" or (prior is None and stored is None):
+        return standard_prior(latent)
+    if stored is None:
+        raise Error(f"the model in {model.path} has no fitted prior; run `neuraldx7 features "
+                    f"--checkpoint {model.path}` (or use --prior standard)")
+    mean, cov = np.asarray(stored["mean"], np.float64), np.asarray(stored["cov"], np.float64)
+    if mean.shape != (latent,) or cov.shape != (latent, latent) or not np.all(np.isfinite(cov)):
+        raise Error(f"{features_path(model.path)}: the fitted prior needs a mean of {latent} numbers "
+                    f"and a {latent}x{latent} covariance; run `neuraldx7 features` again")
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise Error(f"{features_path(model.path)}: the fitted prior's covariance is not positive definite; "
+                    "run `neuraldx7 features` again") from None
+    return Prior(mean.astype(np.float32), chol.astype(np.float32), "fitted")
 
 
 def features_path(checkpoint):
     """Where `neuraldx7 features` stores the latent summary of the model in `checkpoint`."""
     return train._checkpoint_dir(checkpoint) / FEATURES_FILE
+
+
+def training_path(checkpoint):
+    """Where the facts of the training set the model needs (`data.training_facts`) are stored."""
+    return train._checkpoint_dir(checkpoint) / TRAINING_FILE
 
 
 def load_model(checkpoint=None):
@@ -60,13 +121,15 @@ def load_model(checkpoint=None):
     if checkpoint is None and not path.is_dir():
         raise Error("no bundled model in this installation; pass --checkpoint DIR")
     cfg, params, meta = train.load_checkpoint(path)
-    features = None
+    features = training = None
     if features_path(path).is_file():
         try:
             features = json.loads(features_path(path).read_text())
         except ValueError:
             raise Error(f"{features_path(path)}: not JSON; run `neuraldx7 features` again") from None
-    return Model(cfg, jax.tree.map(jnp.asarray, params), meta, path, features)
+    if training_path(path).is_file():
+        training = load_training_facts(training_path(path))
+    return Model(cfg, jax.tree.map(jnp.asarray, params), meta, path, features, training)
 
 
 def decode_logits(model_cfg, params, z_BxZ):
@@ -155,12 +218,12 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
 
 @functools.lru_cache(maxsize=None)
 def _prior_fn(model_cfg, rows, greedy):
-    """Jitted `(params, latent_key, value_key, first_block, temperature) -> (z, voices)` for `rows`
-    prior samples; `greedy` (temperature 0) takes the argmax."""
-    def fn(params, latent_key, value_key, first_block, temperature):
-        z = _block_noise(latent_key, first_block, rows // BLOCK,
-                         lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
-        z = jax.lax.with_sharding_constraint(z, _shardings()[0])  # (rows, Z)
+    """Jitted `(params, mean, chol, latent_key, value_key, first_block, temperature) -> (z, voices)`
+    for `rows` samples z = mean + chol @ eps; `greedy` (temperature 0) takes the argmax."""
+    def fn(params, mean, chol, latent_key, value_key, first_block, temperature):
+        eps = _block_noise(latent_key, first_block, rows // BLOCK,
+                           lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
+        z = jax.lax.with_sharding_constraint(mean + eps @ chol.T, _shardings()[0])  # (rows, Z)
         return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 
@@ -234,20 +297,26 @@ def _check_voices(voices):
 
 # Public samplers.
 
-def sample_prior_chunks(model, count, temperature=0.0, seed=0, chunk=CHUNK, latents=False):
-    """Yields `count` voices z ~ N(0, I) -> decoder, as (<= chunk, 155) uint8 chunks (with
-    `latents`, (z, voices) pairs). temperature 0 is argmax, else softmax(logits / temperature)."""
+def sample_prior_chunks(model, count, temperature=0.0, seed=0, chunk=CHUNK, latents=False, prior=None,
+                        endless=False):
+    """Yields `count` voices z ~ prior -> decoder, as (<= chunk, 155) uint8 chunks (with `latents`,
+    (z, voices) pairs); `endless` goes on past `count` (then only the call size). `prior`: see
+    `prior_of` (default: the fitted prior when the model has one). temperature 0 is argmax, else
+    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps."""
     temperature = _check_temperature(temperature)
+    prior = prior_of(model, prior)
     rows = _rows_per_call(count, chunk)
     fn = _prior_fn(model.config.model, rows, temperature == 0)
     params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
-    for z, voices in _stream(lambda s: fn(params, keys["latent"], keys["value"], s // BLOCK, t), count, rows):
+    mean, chol = (jax.device_put(jnp.asarray(a), _shardings()[1]) for a in (prior.mean, prior.chol))
+    run = functools.partial(fn, params, mean, chol, keys["latent"], keys["value"])
+    for z, voices in _stream(lambda s: run(s // BLOCK, t), 1 << 62 if endless else count, rows):
         yield (z, voices) if latents else voices
 
 
-def sample_prior(model, count, temperature=0.0, seed=0, chunk=CHUNK):
+def sample_prior(model, count, temperature=0.0, seed=0, chunk=CHUNK, prior=None):
     """(count, 155) uint8 voices from the prior; see `sample_prior_chunks`."""
-    chunks = list(sample_prior_chunks(model, count, temperature, seed, chunk))
+    chunks = list(sample_prior_chunks(model, count, temperature, seed, chunk, prior=prior))
     return np.concatenate(chunks) if chunks else np.zeros((0, dx7.N_PARAMS), np.uint8)
 
 
@@ -346,6 +415,37 @@ def load_voices(spec):
     return dx7.load(spec)
 
 
+def like_voices(specs, name=None):
+    """The voices of `specs` (each a DX7 file, FILE:INDEX, DATASET.npz or DATASET.npz:SPLIT),
+    valid ones only, and with `name` (a regular expression) those whose name matches it."""
+    import re
+    try:
+        pattern = re.compile(name) if name is not None else None
+    except re.error as e:
+        raise Error(f"bad --name pattern {name!r}: {e}") from None
+    found = []
+    for spec in specs:
+        _, sep, tail = spec.rpartition(":")
+        voices = load_voice(spec)[None] if sep and tail.strip().isdigit() else load_voices(spec)
+        found.append(np.asarray(voices, np.uint8))
+    voices = np.concatenate(found) if found else np.zeros((0, dx7.N_PARAMS), np.uint8)
+    voices = voices[dx7.is_valid(voices)]
+    if pattern is not None:
+        voices = voices[[bool(pattern.search(dx7.voice_name(v))) for v in voices]]
+    if not len(voices):
+        raise Error(f"no valid voices in {', '.join(specs)}" + (f" with a name matching {name!r}" if name else ""))
+    return voices
+
+
+LIKE_DRAWS = 16  # posterior draws per voice for a --like density
+
+
+def like_prior(model, voices, seed=0):
+    """The density of `voices`' latents (`fit_training_prior` with LIKE_DRAWS draws each and a
+    LIKE_FLOOR std floor): new voices in their neighbourhood."""
+    return fit_training_prior(model, voices, LIKE_DRAWS, LIKE_FLOOR, "like", seed)
+
+
 def cartridge_paths(out, count):
     """`out` itself for one cartridge, else out_001.syx, out_002.syx, ..."""
     out = Path(out)
@@ -365,20 +465,111 @@ def save_voices(out, voices):
     return len(voices)
 
 
-def generate_cartridges(model, out, count=1, temperature=0.0, seed=0, chunk=CHUNK):
-    """Samples `count` 32-voice cartridges from the prior and writes them (see `cartridge_paths`),
-    each as soon as it is complete. Yields (path, voice names) per cartridge."""
+class Cartridge(NamedTuple):
+    """32 voices as `generate` writes them, their latents, and how many candidates were redrawn."""
+    z: np.ndarray  # (32, Z) float32
+    voices: np.ndarray  # (32, 155) uint8, named
+    redrawn: dict  # {"silent": n, "duplicate": n, "training_copy": n}
+
+
+@functools.lru_cache(maxsize=None)
+def _name_log_p_fn(model_cfg):
+    """Jitted `(params, z) -> (B, 10, 128)` log probabilities of the name values at latent z."""
+    return jax.jit(lambda params, z: jax.nn.log_softmax(decode_logits(model_cfg, params, z)[:, dx7.NAME], -1))
+
+
+def name_voices(model, z, voices):
+    """`voices` renamed by `names.name_voices` from their latents `z` (names distinct in order);
+    unchanged (printable names) when the model holds no name statistics."""
+    if model.training is None or "name_trigrams" not in model.training:
+        return clean_names(voices)
+    log_p = np.asarray(_name_log_p_fn(model.config.model)(model.params, jnp.asarray(z, jnp.float32)))
+    return names.name_voices(voices, log_p, names.log_probabilities(model.training["name_trigrams"]))
+
+
+def cartridges(model, count=1, temperature=0.0, seed=0, prior=None, allow_silent=False, chunk=CHUNK):
+    """Yields `count` Cartridges drawn from `prior` (`prior_of`) in the order of the seed's
+    sample stream: a candidate voice is skipped ("redrawn") when `dx7.estimated_silent` calls
+    it silent (unless `allow_silent`), when an earlier voice of this call has the same 145
+    non-name values, or when a training voice does (the model's `training` facts). Cartridge i
+    depends only on the seed, the prior and the temperature, not on the count or the devices."""
+    if count < 1:
+        raise Error(f"the cartridge count must be positive, got {count}")
+    keys = model.training["voice_keys"] if model.training is not None else np.zeros(0, np.uint64)
+    seen, redrawn = set(), dict(silent=0, duplicate=0, training_copy=0)
+    zs, kept = [], []
+    stream = sample_prior_chunks(model, 64 * count, temperature, seed, chunk, latents=True, prior=prior,
+                                 endless=True)
+    try:
+        for z, voices in stream:
+            silent = np.zeros(len(voices), bool) if allow_silent else dx7.estimated_silent(voices)
+            key = row_keys(voices[:, dx7.NON_NAME])[:, 0]
+            copy = np.isin(key, keys)
+            for i in range(len(voices)):
+                reason = ("silent" if silent[i] else "duplicate" if int(key[i]) in seen
+                          else "training_copy" if copy[i] else None)
+                if reason:
+                    redrawn[reason] += 1
+                    continue
+                seen.add(int(key[i]))
+                zs.append(z[i])
+                kept.append(voices[i])
+                if len(kept) == 32:
+                    z32 = np.stack(zs)
+                    yield Cartridge(z32, name_voices(model, z32, np.stack(kept)), dict(redrawn))
+                    redrawn = dict.fromkeys(redrawn, 0)
+                    zs, kept = [], []
+                    count -= 1
+                    if not count:
+                        return
+    finally:
+        stream.close()
+
+
+def generate_cartridges(model, out, count=1, temperature=0.0, seed=0, chunk=CHUNK, prior=None,
+                        allow_silent=False):
+    """Writes `count` `cartridges` (see `cartridge_paths`), each as soon as it is complete.
+    Yields (path, Cartridge) per cartridge."""
     if count < 1:
         raise Error(f"the cartridge count must be positive, got {count}")
     paths = cartridge_paths(out, count)
-    buffer = np.zeros((0, dx7.N_PARAMS), np.uint8)
-    for voices in sample_prior_chunks(model, 32 * count, temperature, seed, chunk):
-        buffer = np.concatenate([buffer, voices])
-        while len(buffer) >= 32:
-            cart, buffer = clean_names(buffer[:32]), buffer[32:]
-            path = paths.pop(0)
-            dx7.save_cartridge(path, cart)
-            yield path, [dx7.voice_name(v) for v in cart]
+    for path, cart in zip(paths, cartridges(model, count, temperature, seed, prior, allow_silent, chunk)):
+        dx7.save_cartridge(path, cart.voices)
+        yield path, cart
+
+
+def training_facts(voices):
+    """What a model keeps of its training voices, none of them itself: `value_counts` (155, 128)
+    int32 (the marginal baseline), `voice_keys` (sorted 64-bit keys of the 145 non-name values:
+    generation rejects copies by them) and `name_trigrams` (`names.trigram_counts`)."""
+    voices = np.asarray(voices, np.uint8)
+    return dict(value_counts=value_counts(voices).astype(np.int32),
+                voice_keys=np.unique(row_keys(voices[:, dx7.NON_NAME])[:, 0]),
+                name_trigrams=names.trigram_counts(voices), count=np.int64(len(voices)))
+
+
+_FACTS = dict(value_counts=((dx7.N_PARAMS, dx7.N_VALUES), np.int32), voice_keys=((None,), np.uint64),
+              name_trigrams=((None, 4), np.int32), count=((), np.int64))
+
+
+def load_training_facts(path):
+    """The `training_facts` stored at `path` (checked: shapes, types, symbol ranges)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            facts = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise Error(f"{path}: not a training-facts .npz ({e}); run `neuraldx7 features` again") from None
+    for name, (shape, dtype) in _FACTS.items():
+        a = facts.get(name)
+        if (a is None or a.dtype != dtype or a.ndim != len(shape)
+                or any(want is not None and got != want for got, want in zip(a.shape, shape))):
+            raise Error(f"{path}: no {name} array of shape {shape} and type {np.dtype(dtype)}; "
+                        "run `neuraldx7 features` again")
+    tri = facts["name_trigrams"]
+    if len(tri) and (tri[:, :2].min() < 0 or tri[:, :2].max() > names.START or tri[:, 2].min() < 0
+                     or tri[:, 2].max() >= names.SYMBOLS or tri[:, 3].min() < 0):
+        raise Error(f"{path}: name_trigrams out of range; run `neuraldx7 features` again")
+    return facts
 
 
 # Uniqueness and novelty: exact, streaming.
@@ -455,32 +646,38 @@ class RowSet:
         return found
 
 
-def count_uniqueness(chunks, training=None):
+def count_uniqueness(chunks, training=None, training_keys=None):
     """Uniqueness of a stream of (n, 155) voice chunks: samples, distinct (over the 155 values),
-    valid, and, given the training voices, novel (no training voice equal on the 145 non-name
-    values) and training_copies (equal on all 155). Fractions are of the samples."""
+    valid, estimated audible (`dx7.estimated_silent`), and given the training voices, novel (no
+    training voice equal on the 145 non-name values) and training_copies (equal on all 155);
+    given only their `training_keys` (`training_facts`), novel. Fractions are of the samples."""
     distinct = DistinctCounter()
     same_params = RowSet(training[:, dx7.NON_NAME]) if training is not None else None
     same_voice = RowSet(training) if training is not None else None
-    n = valid = novel = copies = 0
+    n = valid = novel = copies = audible = 0
     for voices in chunks:
         n += len(voices)
         valid += int(dx7.is_valid(voices).sum())
+        audible += int((~dx7.estimated_silent(voices)).sum())
         distinct.add(voices)
         if training is not None:
             novel += int((~same_params.contains(voices[:, dx7.NON_NAME])).sum())
             copies += int(same_voice.contains(voices).sum())
+        elif training_keys is not None:
+            novel += int((~np.isin(row_keys(voices[:, dx7.NON_NAME])[:, 0], training_keys)).sum())
     d = len(distinct)
+    knows_novelty = training is not None or training_keys is not None
     return dict(samples=n, distinct=d, unique_fraction=d / n if n else None,
                 valid_fraction=valid / n if n else None,
-                novel=novel if training is not None else None,
-                novel_fraction=novel / n if n and training is not None else None,
+                estimated_audible_fraction=audible / n if n else None,
+                novel=novel if knows_novelty else None,
+                novel_fraction=novel / n if n and knows_novelty else None,
                 training_copies=copies if training is not None else None)
 
 
 def training_voices(model, data_path=None):
     """(train voices or None, dataset path, why None): the checkpoint's training set, or `data_path`'s."""
-    path = data_path or model.meta.get("dataset", {}).get("path")
+    path = data_path or dataset_of(model)
     if path is None:
         return None, None, "the checkpoint names no dataset; pass --data"
     if data_path is None and not Path(path).is_file():
@@ -488,38 +685,46 @@ def training_voices(model, data_path=None):
     return data.load_dataset(path)["train"], path, None
 
 
-def duplicates_study(model, samples, chunk=CHUNK, temperature=0.0, seed=0, training=None, progress=True):
-    """The original's uniqueness study: `samples` prior voices counted by `count_uniqueness`, plus
-    timing (`throughput` in samples/s, compilation excluded)."""
+def duplicates_study(model, samples, chunk=CHUNK, temperature=0.0, seed=0, training=None, progress=True,
+                     prior=None):
+    """The original's uniqueness study: `samples` voices drawn from `prior` (`prior_of`) and
+    counted by `count_uniqueness` (novelty against `training` voices, or else the training keys
+    stored with the model), plus timing (`throughput` in samples/s, compilation excluded)."""
     if samples < 1:
         raise Error(f"the sample count must be positive, got {samples}")
     chunk = default_chunk() if chunk is None else chunk
+    prior = prior_of(model, prior)
     t0 = time.perf_counter()
-    next(sample_prior_chunks(model, min(samples, chunk), temperature, seed, chunk))  # compiles
+    next(sample_prior_chunks(model, min(samples, chunk), temperature, seed, chunk, prior=prior))  # compiles
     compile_s = time.perf_counter() - t0
     bar = tqdm(total=samples, unit="voice", disable=not progress, dynamic_ncols=True, leave=False)
 
     def chunks():
-        for voices in sample_prior_chunks(model, samples, temperature, seed, chunk):
+        for voices in sample_prior_chunks(model, samples, temperature, seed, chunk, prior=prior):
             yield voices
             bar.update(len(voices))
 
+    keys = model.training["voice_keys"] if training is None and model.training is not None else None
     t0 = time.perf_counter()
-    stats = count_uniqueness(chunks(), training)
+    stats = count_uniqueness(chunks(), training, keys)
     seconds = time.perf_counter() - t0
     bar.close()
     return dict(stats, throughput=samples / seconds, seconds=seconds, compile_seconds=compile_s,
-                temperature=float(temperature), seed=seed, devices=jax.device_count())
+                temperature=float(temperature), seed=seed, devices=jax.device_count(), prior=prior.name)
 
 
 # Evaluation and latent features.
 
-def marginal_baseline(training):
-    """(155, 128) per-parameter value probabilities of `training`, Laplace-smoothed over in-range values."""
-    training = np.asarray(training, np.int64)
-    flat = (np.arange(dx7.N_PARAMS) * dx7.N_VALUES + training).ravel()
-    counts = np.bincount(flat, minlength=dx7.N_PARAMS * dx7.N_VALUES).reshape(dx7.N_PARAMS, dx7.N_VALUES)
-    smoothed = np.where(dx7.value_mask(), counts + 1.0, 0.0)
+def value_counts(voices):
+    """(155, 128) int64: how often each value of each parameter occurs in `voices`."""
+    flat = (np.arange(dx7.N_PARAMS) * dx7.N_VALUES + np.asarray(voices, np.int64)).ravel()
+    return np.bincount(flat, minlength=dx7.N_PARAMS * dx7.N_VALUES).reshape(dx7.N_PARAMS, dx7.N_VALUES)
+
+
+def marginal_baseline(counts):
+    """(155, 128) per-parameter value probabilities from `value_counts`, Laplace-smoothed over
+    in-range values."""
+    smoothed = np.where(dx7.value_mask(), np.asarray(counts) + 1.0, 0.0)
     return smoothed / smoothed.sum(-1, keepdims=True)
 
 
@@ -531,10 +736,20 @@ def baseline_figures(probs, voices):
     return dict(mode_accuracy=float((voices == probs.argmax(-1)).mean()), ce_per_param=ce, neg_elbo_per_param=ce)
 
 
-def evaluate_voices(model, voices, training=None):
-    """Validity of each voice and, over the valid ones, the model's reconstruction accuracy
+def marginal_tv(voices, reference):
+    """Total-variation distance between the value histograms of `voices` and `reference`, per
+    parameter (155,), in [0, 1]: 0 when both sets use each value of a parameter equally often."""
+    a, b = value_counts(voices), value_counts(reference)
+    return 0.5 * np.abs(a / max(len(voices), 1) - b / max(len(reference), 1)).sum(-1)
+
+
+def evaluate_voices(model, voices, training=None, reference=None):
+    """Validity of each voice and, over the valid ones: the model's reconstruction accuracy
     (posterior mean, argmax), CE and -ELBO per parameter (nats; `train.evaluate`), beside the
-    per-parameter marginal baseline of `training` (None without it)."""
+    per-parameter marginal baseline of `training` voices (default: the value counts stored with
+    the model; None without either); the estimated audible fraction (`dx7.estimated_silent`);
+    the names (`names.name_figures`, distinct names per 32-voice cartridge); and given
+    `reference` voices, the mean marginal TV over the 145 non-name parameters and the algorithm's."""
     voices = _check_voices(voices).astype(np.uint8)
     valid = dx7.is_valid(voices)
     report = dict(count=len(voices), valid=int(valid.sum()),
@@ -549,8 +764,18 @@ def evaluate_voices(model, voices, training=None):
     report["model"] = dict(reconstruction_accuracy=float((reconstruct(model, good) == good).mean()),
                            ce_per_param=figures["ce"], neg_elbo_per_param=figures["neg_elbo_per_param"],
                            kl_per_dim=figures["kl"])
-    if training is not None:
-        report["baseline"] = baseline_figures(marginal_baseline(training), good)
+    counts = value_counts(training) if training is not None else (
+        model.training["value_counts"] if model.training is not None else None)
+    if counts is not None:
+        report["baseline"] = baseline_figures(marginal_baseline(counts), good)
+    report["estimated_audible_fraction"] = float(1 - dx7.estimated_silent(good).mean())
+    carts = [names.name_figures(voices[i:i + 32])["distinct_names"] for i in range(0, len(voices) - 31, 32)]
+    report["names"] = dict(names.name_figures(voices), distinct_names_per_cartridge=(
+        float(np.mean(carts)) if carts else None))
+    if reference is not None and len(reference):
+        tv = marginal_tv(good, reference)
+        report["marginal_tv"] = dict(mean=float(tv[dx7.NON_NAME].mean()), algorithm=float(tv[dx7.ALG]),
+                                     reference_voices=len(reference))
     return report
 
 
@@ -562,20 +787,49 @@ def compute_features(model, voices, chunk=CHUNK):
                 mean=post["zk"].mean(0), std=post["zk"].std(0))
 
 
-def write_features(model, data_path, out, chunk=CHUNK):
-    """Encodes the voices of `data_path` (default: the checkpoint's dataset, both splits), writes
-    the arrays to `out` (.npz) and the summary to the checkpoint's features.json. Returns the summary."""
-    data_path = data_path or model.meta.get("dataset", {}).get("path")
+PRIOR_DRAWS = 4  # posterior draws per training voice that the fitted prior is fitted to
+
+
+def fit_training_prior(model, voices, draws=PRIOR_DRAWS, floor=0.0, name="fitted", seed=0):
+    """`fit_prior` to `draws` posterior draws of each of `voices`, flowed: z_K = flow(mu + sigma
+    eps), the latents the decoder saw in training (the aggregate posterior)."""
+    voices = _check_voices(voices)
+    if not len(voices):
+        raise Error("no voices to fit a prior to")
+    z = encode(model, np.repeat(voices, draws, axis=0), spread=1.0, seed=seed)["zk"]
+    return fit_prior(z, floor, name)
+
+
+def dataset_of(model):
+    """The path of the dataset the model was trained on, as its checkpoint records it, or None."""
+    return (model.meta.get("dataset") or {}).get("path")
+
+
+def write_features(model, data_path=None, out=None, chunk=CHUNK):
+    """What the model needs of its data, stored beside its checkpoints: features.json (the
+    per-dimension mean and std of every voice's zk, for live control's ranges; the fitted prior)
+    and training.npz (`training_facts`). The training voices are the `train` split of a dataset
+    .npz (`data_path`, default: the checkpoint's dataset) or all voices of a DX7 file; the
+    summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary."""
+    data_path = data_path or dataset_of(model)
     if data_path is None:
         raise Error("the checkpoint names no dataset; pass --data")
     voices = load_voices(str(data_path))
-    if not len(voices):
+    training = load_voices(f"{data_path}:train") if str(data_path).lower().endswith(".npz") else voices
+    if not len(voices) or not len(training):
         raise Error(f"{data_path}: no voices")
     feats = compute_features(model, voices, chunk)
+    if out is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, voices=voices, **feats)
+        dx7.write_atomic(out, buffer.getvalue())
+    prior = fit_training_prior(model, training)
+    cov = prior.chol.astype(np.float64) @ prior.chol.T.astype(np.float64)
+    summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data_path).name,
+                   count=len(voices), prior=dict(mean=prior.mean.tolist(), cov=cov.tolist(),
+                                                 voices=len(training), draws=PRIOR_DRAWS))
     buffer = io.BytesIO()
-    np.savez(buffer, voices=voices, **feats)
-    dx7.write_atomic(out, buffer.getvalue())
-    summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(),
-                   dataset=str(Path(data_path).absolute()), count=len(voices))
+    np.savez_compressed(buffer, **training_facts(training))
+    dx7.write_atomic(training_path(model.path), buffer.getvalue())
     dx7.write_atomic(features_path(model.path), json.dumps(summary, indent=1).encode())
     return summary

@@ -33,7 +33,6 @@ SPAN = 3.0  # sliders span mean +/- SPAN std of each latent dimension, like live
 MAX_SEED = 2 ** 32 - 1
 NOTE_SECONDS = 1.5  # length of each rendered note
 AUDIO_INSTALL = 'pip install "neuraldx7-jax[audio]"'
-ALG = next(p.index for p in dx7.PARAMS if p.name == "ALG")  # 134; shown 1-32
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 _HEADERS = {"Content-Security-Policy": "default-src 'self'",  # nothing from elsewhere, no inline script
@@ -104,7 +103,7 @@ def audio_available():
 
 def describe(index, voice):
     """The page's summary of one voice: number (1-32), name, algorithm (1-32)."""
-    return {"index": index, "name": dx7.voice_name(voice), "algorithm": int(voice[ALG]) + 1}
+    return {"index": index, "name": dx7.voice_name(voice), "algorithm": int(voice[dx7.ALG]) + 1}
 
 
 # Query parameters: each parser takes the parsed query and raises BadRequest.

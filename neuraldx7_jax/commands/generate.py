@@ -30,24 +30,59 @@ def _print_cartridge(path, voices):
         print("    " + "  ".join(f"{n:3d} {dx7.voice_name(v):10s}" for n, v in enumerate(voices[i:i + 4], i + 1)))
 
 
-@command("generate", "Sample new 32-voice cartridges from the model's prior.")
+def _prior(parser):
+    parser.add_argument("--prior", choices=sample.PRIORS,
+                        help="where latents are drawn: 'fitted', the density of the training set's "
+                             "latents stored with the model (the default when it has one), or "
+                             "'standard', N(0, I) as the original did")
+
+
+@command("generate", "Sample new 32-voice cartridges from the model.")
 def generate(parser):
     parser.description = (
-        "Sample voices from the prior (z ~ N(0, I), decoded) and write them as 32-voice cartridges. "
-        "With --count C > 1 the files are numbered: OUT_001.syx, OUT_002.syx, ... Cartridge i depends "
-        "only on the seed, not on the count, the batch size or the number of devices.")
+        "Sample voices and write them as 32-voice cartridges. Latents are drawn from the fitted prior "
+        "(the density of the training voices' latents), or N(0, I) with --prior standard, or near the "
+        "voices you point at with --like. A candidate voice is redrawn when its estimated loudness at "
+        "C4 is silent (a parameter-only estimate, see `neuraldx7 evaluate`), when it repeats an "
+        "earlier voice, or when it copies a training voice; names come from the model and a "
+        "character model of the training names. With --count C > 1 the files are numbered: "
+        "OUT_001.syx, OUT_002.syx, ... Cartridge i depends only on the seed (and prior, --like, "
+        "temperature), not on the count, the batch size or the number of devices.")
     parser.add_argument("--out", required=True, help="the .syx file to write")
     parser.add_argument("--count", type=int, default=1, help="number of cartridges (default: 1)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 takes the most likely value of each parameter (default); "
                              "> 0 samples from softmax(logits / T)")
+    _prior(parser)
+    parser.add_argument("--like", nargs="+", metavar="SPEC",
+                        help="new voices near these: DX7 files, FILE:INDEX, DATASET.npz or "
+                             "DATASET.npz:SPLIT (their latents' density, widened a little)")
+    parser.add_argument("--name", metavar="REGEX",
+                        help="with --like, only the voices whose name matches, e.g. --like "
+                             "data.npz:train --name BASS for new basses")
+    parser.add_argument("--allow-silent", action="store_true",
+                        help="keep voices whose estimated loudness is silent")
     _seed(parser)
     _checkpoint(parser)
 
     def run(args):
+        if args.name is not None and not args.like:
+            raise Error("--name selects among the voices of --like; give --like too")
+        if args.like and args.prior:
+            raise Error("--like and --prior both say where to draw from; give one")
+        dx7.check_writable(*sample.cartridge_paths(args.out, args.count))
         model = sample.load_model(args.checkpoint)
-        for path, names in sample.generate_cartridges(model, args.out, args.count, args.temperature, args.seed):
-            print(f"wrote {path}: {', '.join(repr(n) for n in names)}")
+        prior = sample.prior_of(model, args.prior)
+        if args.like:
+            like = sample.like_voices(args.like, args.name)
+            prior = sample.like_prior(model, like, args.seed)
+            print(f"near {len(like)} voice(s) of {', '.join(args.like)}")
+        for path, cart in sample.generate_cartridges(model, args.out, args.count, args.temperature, args.seed,
+                                                     prior=prior, allow_silent=args.allow_silent):
+            redrawn = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cart.redrawn.items() if n)
+            print(f"wrote {path}: 32 voices from the {prior.name} prior"
+                  + (f"; redrew {sum(cart.redrawn.values())} ({redrawn})" if redrawn else ""))
+            print(dx7.voice_table(cart.voices))
     return run
 
 
