@@ -188,8 +188,8 @@ def test_unreadable_files(tmp_path, name, content, reason):
     with pytest.raises(dx7.FormatError, match=reason) as e:
         dx7.load(path)
     assert str(path) in str(e.value) and isinstance(e.value, Error)
-    voices, problems = dx7.read_file(path)
-    assert voices.shape == (0, 155) and len(problems) == 1 and reason in problems[0]
+    voices, intact, problems = dx7.read_file(path)
+    assert voices.shape == (0, 155) and intact.shape == (0,) and len(problems) == 1 and reason in problems[0]
 
 
 def test_read_file_reports_without_raising_or_warning(tmp_path):
@@ -197,9 +197,9 @@ def test_read_file_reports_without_raising_or_warning(tmp_path):
     path = write(tmp_path / "bad.syx", bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        voices, problems = dx7.read_file(path)
-        assert np.array_equal(voices, a) and "checksum" in problems[0]
-        voices, problems = dx7.read_file(tmp_path / "absent.syx")
+        voices, intact, problems = dx7.read_file(path)
+        assert np.array_equal(voices, a) and not intact.any() and "checksum" in problems[0]
+        voices, intact, problems = dx7.read_file(tmp_path / "absent.syx")
     assert len(voices) == 0 and "absent.syx" in problems[0]
 
 
@@ -229,3 +229,60 @@ def test_saving_creates_missing_directories(tmp_path):
     voices = np.zeros((32, dx7.N_PARAMS), np.uint8)
     dx7.save_cartridge(tmp_path / "new" / "dir" / "cart.syx", voices)
     np.testing.assert_array_equal(dx7.load(tmp_path / "new" / "dir" / "cart.syx"), voices)
+
+
+def test_header_only_file_is_one_short_message_fast(tmp_path):
+    import resource
+    import time
+    path = write(tmp_path / "h.syx", bytes([0xF0, 0x43, 0, 9, 0x20, 0]) * (2 << 20))  # 12 MB of headers
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    with pytest.raises(dx7.FormatError) as e:
+        dx7.load(path)
+    assert time.perf_counter() - t < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400 << 10  # KiB
+    message = str(e.value)
+    assert len(message) < 2000 and "\n" not in message, message[:3000]
+    assert str(path) in message and f"{(2 << 20) - dx7.PROBLEMS_SHOWN:,} more" in message and "truncated" in message
+    voices, problems = dx7.read_file(path)[::2]
+    assert len(voices) == 0 and len("; ".join(problems)) < 2000
+
+
+def test_repeated_problems_are_counted_not_listed(tmp_path):
+    a = random_voices(13, 32)
+    bad = bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F)
+    path = write(tmp_path / "many.syx", bad * 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(dx7.load(path)) == 40 * 32
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == dx7.PROBLEMS_SHOWN + 1
+    assert texts[-1] == f"{path}: and {40 - dx7.PROBLEMS_SHOWN} more problems: " \
+                        f"{40 - dx7.PROBLEMS_SHOWN} bad checksums"
+
+
+@pytest.mark.parametrize("header", [dx7.BULK_HEADER, dx7.SINGLE_HEADER], ids=["bulk", "single"])
+def test_a_header_inside_a_framed_message_is_data(tmp_path, header):
+    voices = random_voices(14, 32)
+    packed = dx7.pack(voices)
+    packed[3, 118:124] = np.frombuffer(header, np.uint8)  # the name bytes (and bit 7) form a header
+    data = packed.tobytes()
+    message = dx7.BULK_HEADER + data + bytes([dx7.checksum(data), 0xF7])
+    path = write(tmp_path / "inner.syx", message, bulk(voices[:32]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = dx7.load(path)
+    assert len(loaded) == 64
+    np.testing.assert_array_equal(loaded[:32], dx7.unpack(packed))
+    np.testing.assert_array_equal(loaded[32:], voices)
+
+
+def test_strict_drops_messages_with_wrong_framing(tmp_path):
+    a, b = random_voices(15, 32), random_voices(16, 32)
+    path = write(tmp_path / "nof7.syx", bulk(a)[:-1] + b"\x00", bulk(b))  # message 1: no F7 after the checksum
+    with pytest.warns(dx7.FormatWarning, match="message 1 at byte 0: no F7"):
+        assert np.array_equal(dx7.load(path), np.concatenate([a, b]))
+    with pytest.warns(dx7.FormatWarning):
+        assert np.array_equal(dx7.load(path, strict=True), b)
+    voices, intact, _ = dx7.read_file(path)
+    assert list(intact) == [False] * 32 + [True] * 32
