@@ -8,6 +8,7 @@ import collections
 import os
 import re
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -97,6 +98,16 @@ def voice_name(voice):
     """The 10 name characters as printable ASCII (others become spaces), trailing spaces removed."""
     codes = np.asarray(voice)[NAME] & 0x7F
     return "".join(chr(c) if 32 <= c < 127 else " " for c in codes).rstrip()
+
+
+def voice_line(number, voice):
+    """One line of a voice list: number, name, algorithm (1-32), as `info` and the writers print it."""
+    return f"{number:4d}  {voice_name(voice):10s}  alg {int(voice[134]) + 1:2d}"
+
+
+def voice_table(voices, first=1):
+    """The lines of `voice_line` for `voices`, numbered from `first`, joined."""
+    return "\n".join(voice_line(n, v) for n, v in enumerate(voices, first))
 
 
 def _as_voices(voices):
@@ -324,12 +335,56 @@ def parse_single_voice(message):
     return parse(message, "<single voice>")[0]
 
 
+STALE_SECONDS = 600  # a temporary file of ours older than this was left by a killed write
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what write_atomic's mkstemp names: .NAME.XXXXXXXX.tmp
+
+
+def _temp_file(folder, path):
+    return tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def check_writable(*paths):
+    """Raises Error naming the path unless each of `paths` could be written by `write_atomic`:
+    called before long work, so a bad destination fails at once. Creates nothing."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise Error(f"{path}: is a directory; give a file name")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise Error(f"{path}: cannot write there: {folder} is not a directory")
+        try:
+            fd, tmp = _temp_file(folder, path)
+        except OSError as e:
+            raise Error(f"{path}: cannot write there: cannot create a file in {folder} ({e.strerror or e})") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+
+def _remove_stale_temps(folder):
+    """Deletes the temporary files of writes killed before their rename: only names of our pattern,
+    only when older than STALE_SECONDS (a younger one may be another process's write in progress)."""
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if _TEMP_NAME.fullmatch(tmp.name) and tmp.is_file() and now - tmp.lstat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 def write_atomic(path, data):
     """Writes `data` to `path` through a temporary file in the same directory: all or nothing.
-    Missing parent directories are created."""
+    Missing parent directories are created; stale temporary files of killed writes are removed.
+    Errors name `path`, not the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path.parent)
+        fd, tmp = _temp_file(path.parent, path)
+    except OSError as e:
+        raise Error(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -337,6 +392,9 @@ def write_atomic(path, data):
             os.fsync(f.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise Error(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -23,8 +23,7 @@ def info(parser):
         print(f"{args.file}: {len(voices)} voices, {valid.sum()} valid")
         for n, (voice, ok) in enumerate(zip(voices, valid), 1):
             bad = "" if ok else "  out of range: " + ", ".join(dx7.out_of_range(voice))
-            print(f"{n:4d}  {dx7.voice_name(voice):10s}  alg {voice[134] + 1:2d}  "
-                  f"{'valid' if ok else 'INVALID'}{bad}")
+            print(f"{dx7.voice_line(n, voice)}  {'valid' if ok else 'INVALID'}{bad}")
         for w in caught:
             print(f"warning: {w.message}")
     return run
@@ -49,13 +48,17 @@ def dataset(parser):
     build.add_argument("--strict", action="store_true",
                        help="drop the voices of damaged messages (a wrong or missing checksum, no F7 "
                             "where the message ends); without it they are kept and counted")
-    build.set_defaults(action=lambda args: _print_build(data.build_dataset(
-        args.sources, args.out, args.validation_fraction, args.clamp, args.strict)))
+    build.set_defaults(action=_build)
     show = subs.add_parser("info", help="summarise a dataset .npz",
                            description="Print the split sizes, sources and build summary of a dataset .npz.")
     show.add_argument("dataset", metavar="DATASET", help="a .npz written by `neuraldx7 dataset build`")
     show.set_defaults(action=lambda args: _print_info(args.dataset, data.load_dataset(args.dataset)))
     return lambda args: args.action(args)
+
+
+def _build(args):
+    dx7.check_writable(args.out)
+    _print_build(data.build_dataset(args.sources, args.out, args.validation_fraction, args.clamp, args.strict))
 
 
 def _print_build(summary):
