@@ -65,9 +65,11 @@ def time_decode1(model, calls=100):
 
 
 def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "latency"), checkpoint=None,
-        overrides=()):
+        overrides=(), announce=None):
     """The benchmark figures as a dict; `checkpoint` times that model instead of random weights
-    ("bundled": the bundled model); `overrides` are `config.override` assignments."""
+    ("bundled": the bundled model); `overrides` are `config.override` assignments. `announce(line)`,
+    if given, hears each part as it starts."""
+    announce = announce or (lambda line: None)
     loaded = sample.load_model(None if checkpoint == "bundled" else checkpoint) if checkpoint else None
     try:
         cfg = config_lib.override(loaded.config if loaded else config_lib.preset(config), overrides)
@@ -81,9 +83,12 @@ def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "l
                backend=jax.default_backend(), devices=jax.device_count(),
                params=int(sum(p.size for p in jax.tree.leaves(model.params))))
     if "train" in what:
+        announce(f"train: compiling the step, then timing 10 steps of batch {batch}")
         out["train_samples_per_s"] = time_train(cfg, batch)
     if "sample" in what:
+        announce(f"sample: compiling, then sampling batches of {sample_batch} for 10 s")
         out["sample_per_s"] = time_sampling(model, sample_batch)
     if "latency" in what:
+        announce("latency: compiling, then timing 100 single decodes")
         out.update(time_decode1(model))
     return out

@@ -43,38 +43,46 @@ def split_hash(voices):
                      for r in rows], np.uint64)
 
 
-def build_dataset(sources, out, validation_fraction=0.05, clamp=False, progress=True):
+def build_dataset(sources, out, validation_fraction=0.05, clamp=False, strict=False, progress=True):
     """Reads every voice under `sources`, keeps valid (or clamped) unique ones, splits, writes `out`.
 
     A voice goes to validation when its hash / 2**64 < validation_fraction, so the split of a voice
-    never depends on the other files. Returns the summary (also stored in the file).
+    never depends on the other files. `strict` drops the voices of damaged messages (a wrong or
+    missing checksum, wrong framing); either way the summary counts them. Returns the summary
+    (also stored in the file).
     """
     if not 0 <= validation_fraction < 1:
         raise Error(f"validation fraction must be in [0, 1), got {validation_fraction}")
     files = find_files(sources)
-    chunks, origin, index, skipped, problems = [], [], [], [], []
+    chunks, origin, index, damaged, skipped, problems = [], [], [], [], [], []
+    dropped = 0
     for f, (rel, path) in enumerate(tqdm(files, desc="reading", unit="file", leave=False,
-                                         disable=not progress or len(files) < 50)):
-        voices, reported = dx7.read_file(path)
+                                         disable=not progress)):
+        voices, intact, reported = dx7.read_file(path)
+        at = np.arange(len(voices))
+        if strict:
+            dropped += int((~intact).sum())
+            voices, intact, at = voices[intact], intact[intact], at[intact]
         if not len(voices):
-            skipped.append([rel, "; ".join(reported)])
+            skipped.append([rel, "; ".join(reported) or f"{path}: no undamaged message (strict)"])
             continue
         problems += reported
         chunks.append(voices)
         origin.append(np.full(len(voices), f))
-        index.append(np.arange(len(voices)))
+        index.append(at)
+        damaged.append(~intact)
     if not chunks:
         raise Error(f"no DX7 voices found in {', '.join(map(str, sources))}")
-    voices, origin, index = map(np.concatenate, (chunks, origin, index))
+    voices, origin, index, damaged = map(np.concatenate, (chunks, origin, index, damaged))
 
     valid = dx7.is_valid(voices)
     if clamp:
         voices = dx7.clamp(voices)
     else:
-        voices, origin, index = voices[valid], origin[valid], index[valid]
+        voices, origin, index, damaged = voices[valid], origin[valid], index[valid], damaged[valid]
     rows = np.ascontiguousarray(voices).view(np.dtype((np.void, dx7.N_PARAMS)))[:, 0]
     _, first = np.unique(rows, return_index=True)  # first occurrence in sorted path order
-    voices, origin, index = voices[first], origin[first], index[first]
+    voices, origin, index, damaged = voices[first], origin[first], index[first], damaged[first]
 
     h = split_hash(voices)
     is_validation = h / 2.0 ** 64 < validation_fraction
@@ -91,6 +99,7 @@ def build_dataset(sources, out, validation_fraction=0.05, clamp=False, progress=
         problems=problems, voices_found=int(len(valid)), invalid=int((~valid).sum()),
         clamped=int((~valid).sum()) if clamp else 0,
         duplicates=int((len(valid) if clamp else valid.sum()) - len(voices)),
+        strict=strict, damaged_dropped=dropped, damaged_kept=int(damaged.sum()),
         train=len(arrays["train"]), validation=len(arrays["validation"]),
         validation_fraction=validation_fraction)
     buffer = io.BytesIO()

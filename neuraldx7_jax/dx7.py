@@ -4,9 +4,11 @@ Canonical order is the 155-value unpacked order of the single-voice dump
 (operator 6 first), see docs of the DX7 and `../shared/docs/dx7-format.md`.
 Knows nothing of JAX.
 """
+import collections
 import os
 import re
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -97,6 +99,16 @@ def voice_name(voice):
     """The 10 name characters as printable ASCII (others become spaces), trailing spaces removed."""
     codes = np.asarray(voice)[NAME] & 0x7F
     return "".join(chr(c) if 32 <= c < 127 else " " for c in codes).rstrip()
+
+
+def voice_line(number, voice):
+    """One line of a voice list: number, name, algorithm (1-32), as `info` and the writers print it."""
+    return f"{number:4d}  {voice_name(voice):10s}  alg {int(voice[ALG]) + 1:2d}"
+
+
+def voice_table(voices, first=1):
+    """The lines of `voice_line` for `voices`, numbered from `first`, joined."""
+    return "\n".join(voice_line(n, v) for n, v in enumerate(voices, first))
 
 
 def _as_voices(voices):
@@ -280,45 +292,103 @@ def single_voice_message(voice, channel=0):
     return _message(SINGLE_HEADER, _as_voices(np.reshape(voice, (1, -1)))[0].tobytes(), channel)
 
 
+PROBLEMS_SHOWN = 10  # problems of one file told in full; the others are counted by kind
+
+
+class _Problems:
+    """The problems of one file: the first PROBLEMS_SHOWN in full, then only a count per kind, so a
+    file of a million broken messages gives a short report in little memory."""
+
+    def __init__(self, source):
+        self.source, self.shown, self.more = source, [], collections.Counter()
+        self.kinds = {}
+
+    def add(self, kind, label, text, count=1):
+        """`count` problems of `label` (e.g. "truncated"); `text()` makes the first one's message."""
+        while count and len(self.shown) < PROBLEMS_SHOWN:
+            self.shown.append((kind, text()))
+            count -= 1
+        if count:
+            self.more[label] += count
+            self.kinds.setdefault(label, kind)
+
+    def report(self):
+        """[(warning class, text)]: the problems shown, then one line counting the rest."""
+        if not self.more:
+            return self.shown
+        n = sum(self.more.values())
+        kind = FormatWarning if len(set(self.kinds.values())) > 1 else next(iter(self.kinds.values()))
+        counts = ", ".join(f"{c:,} {label}" for label, c in self.more.most_common())
+        return self.shown + [(kind, f"{self.source}: and {n:,} more problems: {counts}")]
+
+
+def _header_positions(a, n):
+    """(positions, single) of every DX7 voice-message header in the first `n` bytes of `a` (padded
+    with 6 more), found with numpy: a file of nothing but headers must not cost a Python step, or
+    a Python object, per header."""
+    where = np.flatnonzero(a[:n] == 0xF0).astype(np.int64 if n >> 31 else np.int32)
+    where = where[(a[where + 1] == 0x43) & (a[where + 2] <= 0x0F)]
+    third = a[where + 3]
+    single = (third == 0x00) & (a[where + 4] == 0x01) & (a[where + 5] == 0x1B)
+    bulk = (third == 0x09) & (a[where + 4] == 0x20) & (a[where + 5] == 0x00)
+    keep = single | bulk
+    return where[keep], single[keep]
+
+
 def _parse_sysex(data, source):
-    """Every DX7 voice message in `data`: (voices, checksum_ok per voice, [(warning class, text)])."""
-    chunks, ok, problems = [], [], []
-    pos, k = 0, 0
-    while match := _HEADER.search(data, pos):
-        i, k = match.start(), k + 1
-        where = f"{source}: message {k} at byte {i}"
-        single = data[i + 3] == 0x00
-        n = N_PARAMS if single else BANK_SIZE
-        following = _HEADER.search(data, i + 1)
-        limit = following.start() if following else len(data)
-        start = i + len(BULK_HEADER)
-        if start + n > limit:
-            problems.append((FormatWarning, f"{where}: truncated, {limit - start} of {n} data bytes"))
-            pos = limit
+    """Every DX7 voice message in `data`: (voices, intact per voice, [(warning class, text)]).
+
+    A message is taken where its n data bytes are followed by a checksum byte and F7 (framed),
+    whatever headers its data bytes happen to form; otherwise it ends at the next header, and is
+    truncated when its data does not fit before it. Intact: framed with the right checksum."""
+    padded = np.frombuffer(data + bytes(len(BULK_HEADER)), np.uint8)
+    starts, single = _header_positions(padded, len(data))
+    sizes = np.where(single, N_PARAMS, BANK_SIZE).astype(starts.dtype)
+    ends = starts + len(BULK_HEADER) + sizes  # where the checksum byte belongs
+    following = np.concatenate([starts[1:], [len(data)]]).astype(starts.dtype)
+    f7 = padded[np.minimum(ends + 1, len(data))] == 0xF7
+    taken = f7 | (ends <= following)  # the others are truncated by the next header
+    takes = np.flatnonzero(taken)
+    chunks, intact, problems = [], [], _Problems(source)
+    k = 0  # header number
+    while k < len(starts):
+        t = np.searchsorted(takes, k)
+        j = int(takes[t]) if t < len(takes) else len(starts)
+        if j > k:  # headers k..j-1 are truncated by the header after each
+            for m in range(k, min(j, k + PROBLEMS_SHOWN)):
+                problems.add(FormatWarning, "truncated", lambda m=m: f"{source}: message {m + 1} at byte "
+                             f"{starts[m]}: truncated, {following[m] - starts[m] - len(BULK_HEADER)} of "
+                             f"{sizes[m]} data bytes")
+            problems.add(FormatWarning, "truncated", None, count=max(0, j - k - PROBLEMS_SHOWN))
+            k = j
             continue
-        body = data[start:start + n]
-        tail = data[start + n:min(start + n + 2, limit)]
-        good = True
+        i, n, end = int(starts[k]), int(sizes[k]), int(ends[k])
+        where = f"{source}: message {k + 1} at byte {i}"
+        body = data[end - n:end]
+        limit = len(data) if f7[k] else int(following[k])
+        tail = data[end:min(end + 2, limit)]
+        good = bool(f7[k])
         if not tail or tail[0] == 0xF7:
-            problems.append((ChecksumWarning, f"{where}: no checksum"))
+            problems.add(ChecksumWarning, "missing checksums", lambda: f"{where}: no checksum")
             good = False
         elif tail[0] != checksum(body):
-            problems.append((ChecksumWarning, f"{where}: checksum {tail[0]:#04x}, expected {checksum(body):#04x}"))
+            problems.add(ChecksumWarning, "bad checksums",
+                         lambda: f"{where}: checksum {tail[0]:#04x}, expected {checksum(body):#04x}")
             good = False
-        elif len(tail) < 2 or tail[1] != 0xF7:
-            problems.append((FormatWarning, f"{where}: no F7 after the checksum"))
-        pos = start + n
+        elif not f7[k]:
+            problems.add(FormatWarning, "missing F7", lambda: f"{where}: no F7 after the checksum")
         raw = np.frombuffer(body, np.uint8)
-        voices = raw[None] & 0x7F if single else unpack(raw.reshape(32, PACKED_SIZE))
+        voices = raw[None] & 0x7F if single[k] else unpack(raw.reshape(32, PACKED_SIZE))
         chunks.append(voices)
-        ok.append(np.full(len(voices), good))
+        intact.append(np.full(len(voices), good))
+        k = int(np.searchsorted(starts, end + 2 if f7[k] else end))
     if not chunks:
-        return np.zeros((0, N_PARAMS), np.uint8), np.zeros(0, bool), problems
-    return np.concatenate(chunks), np.concatenate(ok), problems
+        return np.zeros((0, N_PARAMS), np.uint8), np.zeros(0, bool), problems.report()
+    return np.concatenate(chunks), np.concatenate(intact), problems.report()
 
 
 def _parse(data, source):
-    """(voices, checksum_ok, problems) of a whole file's bytes; no voices means unreadable."""
+    """(voices, intact, problems) of a whole file's bytes; no voices means unreadable."""
     none = np.zeros((0, N_PARAMS), np.uint8), np.zeros(0, bool)
     if not data:
         return *none, [(FormatError, f"{source}: empty file")]
@@ -338,30 +408,32 @@ def _parse(data, source):
 
 def parse(data, source="<bytes>", strict=False):
     """Like `load`, for bytes in memory; `source` names them in messages (its suffix counts, as in `load`)."""
-    voices, ok, problems = _parse(bytes(data), source)
+    voices, intact, problems = _parse(bytes(data), source)
     if not len(voices):
         raise FormatError("; ".join(text for _, text in problems))
     for kind, text in problems:
         warnings.warn(text, kind, stacklevel=3)
-    return voices[ok] if strict else voices
+    return voices[intact] if strict else voices
 
 
 def load(path, strict=False):
     """Every voice of a .syx (bulk and single dumps, any channel), headerless bank or compact .bin.
 
     Returns (N, 155) uint8, valid or not. Raises FormatError when the file yields no voice;
-    other problems are FormatWarning / ChecksumWarning. strict drops voices with a bad checksum.
+    other problems are FormatWarning / ChecksumWarning. strict drops the voices of damaged
+    messages (a wrong or missing checksum, no F7 where the message ends).
     """
     return parse(Path(path).read_bytes(), path, strict)
 
 
-def read_file(path, strict=False):
-    """Like `load`, never raising: (voices (N, 155) uint8, problems as text); N = 0 when unreadable."""
+def read_file(path):
+    """Like `load`, never raising: (voices (N, 155) uint8, intact (N,) bool: the voice's message
+    is undamaged, problems as text); N = 0 when unreadable."""
     try:
-        voices, ok, problems = _parse(Path(path).read_bytes(), path)
+        voices, intact, problems = _parse(Path(path).read_bytes(), path)
     except OSError as e:
-        return np.zeros((0, N_PARAMS), np.uint8), [f"{path}: {e.strerror or e}"]
-    return (voices[ok] if strict else voices), [text for _, text in problems]
+        return np.zeros((0, N_PARAMS), np.uint8), np.zeros(0, bool), [f"{path}: {e.strerror or e}"]
+    return voices, intact, [text for _, text in problems]
 
 
 def parse_single_voice(message):
@@ -372,12 +444,56 @@ def parse_single_voice(message):
     return parse(message, "<single voice>")[0]
 
 
+STALE_SECONDS = 600  # a temporary file of ours older than this was left by a killed write
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what write_atomic's mkstemp names: .NAME.XXXXXXXX.tmp
+
+
+def _temp_file(folder, path):
+    return tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def check_writable(*paths):
+    """Raises Error naming the path unless each of `paths` could be written by `write_atomic`:
+    called before long work, so a bad destination fails at once. Creates nothing."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise Error(f"{path}: is a directory; give a file name")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise Error(f"{path}: cannot write there: {folder} is not a directory")
+        try:
+            fd, tmp = _temp_file(folder, path)
+        except OSError as e:
+            raise Error(f"{path}: cannot write there: cannot create a file in {folder} ({e.strerror or e})") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+
+def _remove_stale_temps(folder):
+    """Deletes the temporary files of writes killed before their rename: only names of our pattern,
+    only when older than STALE_SECONDS (a younger one may be another process's write in progress)."""
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if _TEMP_NAME.fullmatch(tmp.name) and tmp.is_file() and now - tmp.lstat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 def write_atomic(path, data):
     """Writes `data` to `path` through a temporary file in the same directory: all or nothing.
-    Missing parent directories are created."""
+    Missing parent directories are created; stale temporary files of killed writes are removed.
+    Errors name `path`, not the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path.parent)
+        fd, tmp = _temp_file(path.parent, path)
+    except OSError as e:
+        raise Error(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -385,6 +501,9 @@ def write_atomic(path, data):
             os.fsync(f.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise Error(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

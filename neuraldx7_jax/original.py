@@ -17,6 +17,7 @@ import importlib
 import pickle
 import re
 import types
+import zipfile
 from pathlib import Path
 
 import jax
@@ -95,6 +96,32 @@ _restricted_pickle.Unpickler = _RestrictedUnpickler
 _restricted_pickle.load = lambda f, **kwargs: _RestrictedUnpickler(f, **kwargs).load()
 
 
+ZIP_RATIO = 1000  # a compressed record may not claim more than this many times its stored size
+
+
+def check_box(path):
+    """Raises Error naming `path` when it is a damaged zip archive (torch.save's format since 1.6)
+    or one whose records claim more bytes than the file holds: checked from the directory alone,
+    before anything is read, so a small file cannot make the reader allocate gigabytes."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        return  # the legacy format (a pickle stream), or not a checkpoint: torch.load says which
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise Error(f"{path}: a damaged zip archive, truncated perhaps ({e})") from None
+    for r in records:
+        end = r.header_offset + r.compress_size
+        if end > size or r.file_size > max(r.compress_size, 1) * ZIP_RATIO or (
+                r.compress_type == zipfile.ZIP_STORED and r.file_size != r.compress_size):
+            raise Error(f"{path}: record {r.filename!r} claims {r.file_size:,} bytes "
+                        f"({r.compress_size:,} stored), the file has {size:,}: damaged or not a checkpoint")
+
+
 def read_box(path):
     """(state dict as {name: numpy array, floats as float32}, worker config) of an original `.box`.
     Imports nothing of the original; classes it references come back as `NotLoaded`."""
@@ -102,10 +129,11 @@ def read_box(path):
         import torch
     except ImportError:
         raise Error(INSTALL_HINT) from None
+    check_box(path)
     try:
         box = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
-    except OSError:
-        raise
+    except OSError as e:
+        raise Error(f"{path}: cannot read it ({e.strerror or e})") from None
     except Exception as e:
         raise Error(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(box, dict) or not isinstance(box.get("model"), dict):

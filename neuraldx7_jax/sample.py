@@ -194,8 +194,8 @@ def _pick(logits_BxNxV, u_BxN, temperature):
     fewer random numbers than Gumbel-max). Out-of-range values have probability 0, never drawn."""
     if u_BxN is None:
         return jnp.argmax(logits_BxNxV, -1).astype(jnp.uint8)
-    scaled = logits_BxNxV / temperature
-    cdf = jnp.cumsum(jnp.exp(scaled - scaled.max(-1, keepdims=True)), -1)  # unnormalised
+    scaled = (logits_BxNxV - logits_BxNxV.max(-1, keepdims=True)) / temperature  # <= 0: no overflow
+    cdf = jnp.cumsum(jnp.exp(scaled), -1)  # unnormalised
     value = jnp.sum(cdf < u_BxN[..., None] * cdf[..., -1:], -1)
     return jnp.minimum(value, jnp.asarray(dx7.MAX, value.dtype)).astype(jnp.uint8)
 
@@ -280,10 +280,12 @@ def _stream(run, count, rows):
 
 
 def _check_temperature(temperature):
+    """The temperature the samplers use: a finite number >= 0; one below the smallest normal
+    float32 (which the device cannot divide by) is 0, the argmax, in every command."""
     temperature = float(temperature)
     if not temperature >= 0 or math.isinf(temperature):
         raise Error(f"the temperature must be a finite number >= 0, got {temperature}")
-    return temperature
+    return 0.0 if temperature < np.finfo(np.float32).tiny else temperature
 
 
 def _check_voices(voices):
@@ -372,13 +374,35 @@ def interpolate(model, voice_a, voice_b, steps=32, slerp=False):
     return decode(model, z), z
 
 
-def variations(model, voice, count=32, spread=1.0, seed=0, temperature=0.0):
+REDRAW_FACTOR = 16  # `variations(redraw=True)` draws at most this many times the count
+
+
+def variations(model, voice, count=32, spread=1.0, seed=0, temperature=0.0, redraw=False):
     """`count` voices around `voice`'s posterior: z0 = mu + spread * sigma * eps, flowed, decoded.
-    spread 0 gives the reconstruction `count` times."""
+    spread 0 gives the reconstruction `count` times. `redraw` replaces duplicates by further draws
+    of the same seed (2, 4, ... REDRAW_FACTOR times the count, the first `count` distinct kept in
+    draw order); duplicates remain only when that many draws hold fewer distinct voices."""
     if spread < 0:
         raise Error(f"the spread must be >= 0, got {spread}")
-    x = np.repeat(np.asarray(voice).reshape(1, -1), count, axis=0)
-    return decode(model, encode(model, x, spread=spread, seed=seed)["zk"], temperature, seed)
+
+    def draw(n):
+        x = np.repeat(np.asarray(voice).reshape(1, -1), n, axis=0)
+        return decode(model, encode(model, x, spread=spread, seed=seed)["zk"], temperature, seed)
+
+    voices, n = draw(count), count
+    while redraw and count_distinct(voices) < count and n < REDRAW_FACTOR * count:
+        n *= 2
+        more = draw(n)  # its first rows are the earlier draw's: the noise of row r depends on r only
+        _, first = np.unique(more, axis=0, return_index=True)
+        first = np.sort(first)
+        voices = more[first[:count]] if len(first) >= count else np.concatenate(
+            [more[first], more[np.setdiff1d(np.arange(n), first)[:count - len(first)]]])
+    return voices
+
+
+def count_distinct(voices):
+    """Distinct rows of (n, 155) voices."""
+    return len(np.unique(np.asarray(voices), axis=0))
 
 
 def clean_names(voices):

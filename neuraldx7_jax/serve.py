@@ -35,9 +35,11 @@ NOTE_SECONDS = 1.5  # length of each rendered note
 AUDIO_INSTALL = 'pip install "neuraldx7-jax[audio]"'
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-_HEADERS = {"Content-Security-Policy": "default-src 'self'",  # nothing from elsewhere, no inline script
-            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",  # nothing from
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}  # elsewhere, not in frames
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+IDLE_SECONDS = 10.0  # a connection that sends (or takes) nothing for this long is closed
+REQUEST_SECONDS = 30.0  # the request line and headers must have arrived by then, however trickled
 
 
 class Response(NamedTuple):
@@ -149,9 +151,12 @@ def _latent(query, latent):
         raise BadRequest(f"bad latent z {text!r}: expected {latent} comma-separated numbers") from None
     if len(z) != latent:
         raise BadRequest(f"wrong latent length: z has {len(z)} numbers, the model's latent has {latent}")
-    if not all(map(math.isfinite, z)):
-        raise BadRequest(f"bad latent z {text!r}: the numbers must be finite")
-    return np.asarray(z, np.float32)
+    with np.errstate(over="ignore"):
+        z32 = np.asarray(z, np.float32)  # what the model computes in: 1e39 is finite only in float64
+    if not np.isfinite(z32).all():
+        raise BadRequest(f"bad latent z {text!r}: the numbers must be finite float32 values "
+                         f"(|z| <= {np.finfo(np.float32).max:.3g})")
+    return z32
 
 
 class App:
@@ -289,17 +294,81 @@ def _attachment(filename):
     return {"Content-Disposition": f'attachment; filename="{filename}"'}
 
 
+def host_names(host, bound):
+    """The Host header names (lower case, IPv6 in brackets) the server answers: `localhost`, the
+    loopback addresses, the bound address and what --host names. Others are refused, so a page of
+    another origin cannot reach the API through DNS rebinding."""
+    names = {"localhost", "127.0.0.1", "[::1]"}
+    for name in (host, bound):
+        names.add(f"[{name.lower()}]" if ":" in name else name.lower())
+    return frozenset(names)
+
+
+def _host_name(header):
+    """The name part of a Host header value ("[::1]:8000" -> "[::1]"), lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[:header.find("]") + 1]
+    return header.rpartition(":")[0] if ":" in header else header
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Writes `app.respond`'s answers; one thread per connection (ThreadingHTTPServer)."""
+    """Writes `app.respond`'s answers; one thread per connection (ThreadingHTTPServer). Every
+    answer, errors of the HTTP layer included, is our JSON with our headers."""
     app: App  # set by make_server
     server_version = "neuraldx7"
+    default_request_version = "HTTP/1.0"  # errors before the version is read still get a status line
+    timeout = IDLE_SECONDS  # each read and write of the socket
+    request_seconds = REQUEST_SECONDS
+
+    def version_string(self):
+        return self.server_version  # no Python version
+
+    def handle_one_request(self):
+        self._deadline = threading.Timer(self.request_seconds, self._cut)  # against trickling clients
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def _cut(self):
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def parse_request(self):
+        if len(self.raw_requestline.split()) == 2:  # HTTP/0.9 would get the answer without headers
+            self.command, self.requestline, self.request_version = None, "", self.default_request_version
+            self.send_error(400, "the request line needs an HTTP version, e.g. GET / HTTP/1.1")
+            return False
+        ok = super().parse_request()
+        self._deadline.cancel()  # the headers are in: the answer itself may take long (a first render)
+        return ok
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's errors (bad request lines, methods without a do_ method...) as ours."""
+        self.close_connection = True
+        if code == 501 and self.command:  # a method we have no do_ for: 404 or 405, as for POST
+            self._answer(self.command)
+        else:
+            self._send(_error(int(code), message or http.HTTPStatus(code).phrase), "GET")
 
     def _answer(self, method):
+        host = self.headers.get("Host")
+        if host is None or _host_name(host) not in self.server.host_names:
+            self._send(_error(403, f"Host {host!r} is not served here; use {url_of(self.server)}"), method)
+            return
         try:
             response = self.app.respond(method, self.path)
         except Exception:  # a bug, not the client's fault: say so and keep serving
             traceback.print_exc(file=sys.stderr)
             response = _error(500, "internal error; the server's output has the details")
+        self._send(response, method)
+
+    def _send(self, response, method):
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
@@ -328,15 +397,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # quiet: client errors are in the answers, server errors go to stderr
 
 
-def make_server(app, host=HOST, port=PORT):
-    """A ThreadingHTTPServer for `app` bound to host:port (port 0: a free one), not yet serving."""
-    handler = type("Handler", (_Handler,), {"app": app})
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the client went away or stalled: nothing to report
+        super().handle_error(request, client_address)
+
+
+def make_server(app, host=HOST, port=PORT, idle_seconds=IDLE_SECONDS, request_seconds=REQUEST_SECONDS):
+    """A ThreadingHTTPServer for `app` bound to host:port (port 0: a free one), not yet serving.
+    Connections idle for `idle_seconds`, or without a whole request after `request_seconds`, close."""
+    handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_seconds,
+                                            "request_seconds": request_seconds})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family})
+    server_class = type("Server", (_Server,), {"address_family": family})
     try:
-        return server_class((host, port), handler)
+        server = server_class((host, port), handler)
     except OSError as e:
         raise Error(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host") from None
+    server.host_names = host_names(host, server.server_address[0])
+    return server
 
 
 def url_of(server):

@@ -181,18 +181,26 @@ def _checkpoint_dir(path):
 
 def load_checkpoint(path, step=None):
     """(ModelConfig-built Config, params, meta) of the latest (or given) step under `path`,
-    a work directory or its `checkpoints/` folder. Needs no other argument: meta holds the config."""
+    a work directory or its `checkpoints/` folder. Needs no other argument: meta holds the config.
+    A damaged checkpoint is an Error naming it, in one line."""
     directory = _checkpoint_dir(path)
     if not directory.is_dir():
         raise Error(f"{path}: no such checkpoint directory")
-    with ocp.CheckpointManager(directory, item_names=("params", "meta")) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise Error(f"{path}: no checkpoint found in {directory}")
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-    meta = restored["meta"]
-    return Config.from_dict(meta["config"]), restored["params"], meta
+    try:
+        with ocp.CheckpointManager(directory, item_names=("params", "meta")) as mngr:
+            step = mngr.latest_step() if step is None else step
+            if step is None:
+                raise Error(f"{path}: no checkpoint found in {directory}")
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        return Config.from_dict(meta["config"]), restored["params"], meta
+    except Error:
+        raise
+    except Exception as e:  # orbax and tensorstore raise many kinds, with pages of detail
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise Error(f"{directory if step is None else directory / str(step)}: damaged or unreadable checkpoint "
+                    f"({type(e).__name__}: {first})") from None
 
 
 def _save(mngr, step, state, meta, force=False):
@@ -221,9 +229,12 @@ def resolve_config(workdir, preset=None, overrides=(), **train_fields):
 
 
 def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_every=1000, keep=3,
-                       eval_every=1000, log_every=50, progress=True):
+                       eval_every=1000, log_every=50, progress=True, announce=None):
     """Trains `cfg` on the dataset .npz `data` for `steps` steps in `workdir`, resuming from its
-    latest checkpoint if there is one. Returns the last evaluation metrics."""
+    latest checkpoint if there is one. Returns the last evaluation metrics, or None when the run
+    is already at `steps` or beyond. `announce(line)`, if given, hears what happens between steps
+    (compilation, a finished run)."""
+    announce = announce or (lambda line: None)
     from neuraldx7_jax import data as data_lib
 
     dataset = data_lib.load_dataset(data)
@@ -263,27 +274,39 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
         return jax.make_array_from_process_local_data(batch_sharding, local)
 
     start = int(state.step)
+    if start >= steps:
+        mngr.close()
+        announce(f"{workdir} is already at step {start} (--steps {steps}): nothing to train; "
+                 "a larger --steps continues it")
+        return None
     log = _metrics_log(workdir / "metrics.jsonl", start)
+    announce(f"compiling the train step (a minute or more for large presets), then training "
+             f"steps {start + 1}-{steps}")
     bar = _progress(start, steps, progress)
     last_eval, t0, t_steps = {}, time.perf_counter(), 0
-    next_batch = batch(start) if start < steps else None
+    next_batch = batch(start)
     for s in range(start, steps):
         x, next_batch = next_batch, (batch(s + 1) if s + 1 < steps else None)
         state, metrics = step_fn(state, x, key)
         t_steps += 1
         done = s + 1
+        if s == start:  # the rates leave the compilation out
+            jax.block_until_ready(metrics)
+            announce(f"compiled and ran the first step in {time.perf_counter() - t0:.1f} s")
+            t0, t_steps = time.perf_counter(), 0
         if done % log_every == 0 or done == steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not all(map(math.isfinite, m.values())):
                 raise FloatingPointError(f"non-finite metrics at step {done}: {m}")
-            rate = t_steps / (time.perf_counter() - t0)
+            rate = t_steps / (time.perf_counter() - t0) if t_steps else None
             t0, t_steps = time.perf_counter(), 0
             _write(log, dict(step=done, split="train", steps_per_s=rate, **m))
-            bar.set_postfix_str(f"{rate:.2f} steps/s loss {m['loss']:.3f} acc {m['accuracy']:.3f}")
+            bar.set_postfix_str(f"loss {m['loss']:.3f} acc {m['accuracy']:.3f}")  # the bar shows the rate
         if done % eval_every == 0 or done == steps:
             if len(val_voices):
                 last_eval = evaluate(cfg.model, state.params, val_voices, seed)
                 _write(log, dict(step=done, split="validation", **last_eval))
+                t0, t_steps = time.perf_counter(), 0  # nor evaluations
         _save(mngr, done, state, meta, force=done == steps)
         bar.update(1)
     bar.close()

@@ -149,3 +149,32 @@ def test_cli_info_and_dataset(tree, capsys):
     out = capsys.readouterr().out
     d = data.load_dataset(out_file)
     assert f"train         {len(d['train']):5d} voices" in out and "a.syx" in out
+
+
+def test_voices_of_damaged_messages_are_counted_and_strict_drops_them(tree, capsys):
+    root, (a, b, c) = tree
+    d = random_voices(3, 32)
+    message = dx7.cartridge_message(d)
+    (root / "src" / "damaged.syx").write_bytes(message[:-2] + bytes([(message[-2] + 1) & 0x7F, 0xF7]))
+    (root / "src" / "nof7.syx").write_bytes(dx7.cartridge_message(random_voices(4, 32))[:-1] + b"\x00")
+    summary = data.build_dataset([root / "src"], root / "d.npz", progress=False)
+    assert (summary["strict"], summary["damaged_kept"], summary["damaged_dropped"]) == (False, 64, 0)
+    assert summary["train"] + summary["validation"] == 63 + 64
+
+    assert cli.main(["dataset", "build", str(root / "src"), "--out", str(root / "s.npz"), "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert "damaged         64 voices of damaged messages dropped (--strict)" in out
+    assert "skipped damaged.syx" in out and "skipped nof7.syx" in out
+    summary = data.load_dataset(root / "s.npz")["summary"]
+    assert (summary["damaged_kept"], summary["damaged_dropped"], summary["train"] + summary["validation"]) \
+        == (0, 64, 63)
+    assert cli.main(["dataset", "build", str(root / "src"), "--out", str(root / "k.npz")]) == 0
+    assert "damaged         64 of the kept voices come from damaged messages" in capsys.readouterr().out
+
+
+def test_a_file_of_headers_gives_a_short_reason(tmp_path):
+    (tmp_path / "h.syx").write_bytes(bytes([0xF0, 0x43, 0, 9, 0x20, 0]) * (1 << 18))
+    dx7.save_cartridge(tmp_path / "a.syx", random_voices(5, 32))
+    summary = data.build_dataset([tmp_path], tmp_path / "d.npz", progress=False)
+    (rel, reason), = summary["files_skipped"]
+    assert rel == "h.syx" and len(reason) < 2000 and "more problems" in reason

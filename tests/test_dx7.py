@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,8 +189,8 @@ def test_unreadable_files(tmp_path, name, content, reason):
     with pytest.raises(dx7.FormatError, match=reason) as e:
         dx7.load(path)
     assert str(path) in str(e.value) and isinstance(e.value, Error)
-    voices, problems = dx7.read_file(path)
-    assert voices.shape == (0, 155) and len(problems) == 1 and reason in problems[0]
+    voices, intact, problems = dx7.read_file(path)
+    assert voices.shape == (0, 155) and intact.shape == (0,) and len(problems) == 1 and reason in problems[0]
 
 
 def test_read_file_reports_without_raising_or_warning(tmp_path):
@@ -197,9 +198,9 @@ def test_read_file_reports_without_raising_or_warning(tmp_path):
     path = write(tmp_path / "bad.syx", bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        voices, problems = dx7.read_file(path)
-        assert np.array_equal(voices, a) and "checksum" in problems[0]
-        voices, problems = dx7.read_file(tmp_path / "absent.syx")
+        voices, intact, problems = dx7.read_file(path)
+        assert np.array_equal(voices, a) and not intact.any() and "checksum" in problems[0]
+        voices, intact, problems = dx7.read_file(tmp_path / "absent.syx")
     assert len(voices) == 0 and "absent.syx" in problems[0]
 
 
@@ -229,3 +230,91 @@ def test_saving_creates_missing_directories(tmp_path):
     voices = np.zeros((32, dx7.N_PARAMS), np.uint8)
     dx7.save_cartridge(tmp_path / "new" / "dir" / "cart.syx", voices)
     np.testing.assert_array_equal(dx7.load(tmp_path / "new" / "dir" / "cart.syx"), voices)
+
+
+def test_header_only_file_is_one_short_message_fast(tmp_path):
+    import resource
+    import time
+    path = write(tmp_path / "h.syx", bytes([0xF0, 0x43, 0, 9, 0x20, 0]) * (2 << 20))  # 12 MB of headers
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    with pytest.raises(dx7.FormatError) as e:
+        dx7.load(path)
+    assert time.perf_counter() - t < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400 << 10  # KiB
+    message = str(e.value)
+    assert len(message) < 2000 and "\n" not in message, message[:3000]
+    assert str(path) in message and f"{(2 << 20) - dx7.PROBLEMS_SHOWN:,} more" in message and "truncated" in message
+    voices, problems = dx7.read_file(path)[::2]
+    assert len(voices) == 0 and len("; ".join(problems)) < 2000
+
+
+def test_repeated_problems_are_counted_not_listed(tmp_path):
+    a = random_voices(13, 32)
+    bad = bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F)
+    path = write(tmp_path / "many.syx", bad * 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(dx7.load(path)) == 40 * 32
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == dx7.PROBLEMS_SHOWN + 1
+    assert texts[-1] == f"{path}: and {40 - dx7.PROBLEMS_SHOWN} more problems: " \
+                        f"{40 - dx7.PROBLEMS_SHOWN} bad checksums"
+
+
+@pytest.mark.parametrize("header", [dx7.BULK_HEADER, dx7.SINGLE_HEADER], ids=["bulk", "single"])
+def test_a_header_inside_a_framed_message_is_data(tmp_path, header):
+    voices = random_voices(14, 32)
+    packed = dx7.pack(voices)
+    packed[3, 118:124] = np.frombuffer(header, np.uint8)  # the name bytes (and bit 7) form a header
+    data = packed.tobytes()
+    message = dx7.BULK_HEADER + data + bytes([dx7.checksum(data), 0xF7])
+    path = write(tmp_path / "inner.syx", message, bulk(voices[:32]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = dx7.load(path)
+    assert len(loaded) == 64
+    np.testing.assert_array_equal(loaded[:32], dx7.unpack(packed))
+    np.testing.assert_array_equal(loaded[32:], voices)
+
+
+def test_strict_drops_messages_with_wrong_framing(tmp_path):
+    a, b = random_voices(15, 32), random_voices(16, 32)
+    path = write(tmp_path / "nof7.syx", bulk(a)[:-1] + b"\x00", bulk(b))  # message 1: no F7 after the checksum
+    with pytest.warns(dx7.FormatWarning, match="message 1 at byte 0: no F7"):
+        assert np.array_equal(dx7.load(path), np.concatenate([a, b]))
+    with pytest.warns(dx7.FormatWarning):
+        assert np.array_equal(dx7.load(path, strict=True), b)
+    voices, intact, _ = dx7.read_file(path)
+    assert list(intact) == [False] * 32 + [True] * 32
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
+    import os
+    import time
+    old = time.time() - dx7.STALE_SECONDS - 60
+    stale = [tmp_path / ".cart.syx.k3j_9x2a.tmp", tmp_path / ".other.npz.abcdefgh.tmp"]
+    young = tmp_path / ".cart.syx.zzzzzzzz.tmp"  # perhaps another process's write in progress
+    theirs = [tmp_path / ".notes.tmp", tmp_path / "x.abcdefgh.tmp"]  # not our pattern
+    for p in stale + [young] + theirs:
+        p.write_bytes(b"partial")
+        if p != young:
+            os.utime(p, (old, old))
+    dx7.save_cartridge(tmp_path / "new.syx", random_voices(17, 32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [young.name, "new.syx"] + [p.name for p in theirs])
+
+
+def test_unwritable_destinations_name_the_path_given(tmp_path):
+    (tmp_path / "dir.syx").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    for bad, reason in [(tmp_path / "dir.syx", "is a directory"), (tmp_path / "file" / "x.syx", "not a directory"),
+                        (Path("/proc/x.syx"), "cannot write there")]:
+        with pytest.raises(Error, match=reason) as e:
+            dx7.check_writable(bad)
+        assert str(e.value).startswith(f"{bad}: ")
+        with pytest.raises(Error) as e:
+            dx7.save_cartridge(bad, random_voices(18, 32))
+        assert str(e.value).startswith(f"{bad}: ") and ".tmp" not in str(e.value)
+    dx7.check_writable(tmp_path / "new" / "dir" / "x.syx", tmp_path / "y.syx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.syx", "file"]  # nothing created

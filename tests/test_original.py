@@ -17,7 +17,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from neuraldx7_jax import config, dx7, model, original, sample, train
+from neuraldx7_jax import cli, config, dx7, model, original, sample, train
 from neuraldx7_jax.errors import Error
 
 SRC = Path(os.environ.get("NDX7_SRC") or Path.home() / ".cache/neuraldx7-original/neuralDX7-0.0.8")
@@ -233,3 +233,36 @@ def test_import_refuses_a_conflicting_head_count_and_an_existing_checkpoint(pari
         original.import_original(parity.box, tmp_path / "a", heads=8)
     with pytest.raises(Error, match="already holds a checkpoint"):
         original.import_original(parity.box, parity.out)
+
+
+def _zip_box(path, payload=b"\x00" * 4096):
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:  # torch.save's layout: stored records
+        z.writestr("model/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("model/data/0", payload)
+    return path
+
+
+def test_a_damaged_box_is_one_line_naming_it_before_reading(tmp_path):
+    import struct
+    good = _zip_box(tmp_path / "good.box")
+    original.check_box(good)
+    cut = tmp_path / "cut.box"
+    cut.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(Error, match=r"cut\.box: a damaged zip archive") as e:
+        original.check_box(cut)
+    assert "\n" not in str(e.value)
+    big = bytearray(good.read_bytes())
+    entry = big.rindex(b"PK\x01\x02")  # the central directory entry of model/data/0
+    struct.pack_into("<II", big, entry + 20, 1 << 30, 1 << 30)  # claims a 1 GB record
+    (tmp_path / "big.box").write_bytes(bytes(big))
+    with pytest.raises(Error, match=r"big\.box: record 'model/data/0' claims 1,073,741,824 bytes"):
+        original.check_box(tmp_path / "big.box")
+
+
+def test_a_truncated_box_through_torch_names_the_file(torch, tmp_path, capsys):
+    torch.save(dict(model={"w": torch.zeros(1000)}), tmp_path / "m.box")
+    (tmp_path / "cut.box").write_bytes((tmp_path / "m.box").read_bytes()[:2000])
+    assert cli.main(["import-original", str(tmp_path / "cut.box"), "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "cut.box" in err and err.count("\n") == 1

@@ -256,3 +256,23 @@ def test_training_voices_when_the_dataset_is_gone(model):
     assert voices is None and path == "/nonexistent/data.npz" and "not found" in why
     with pytest.raises(Error):
         sample.training_voices(gone, "/nonexistent/other.npz")
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-45, 1e-37])
+def test_a_tiny_temperature_is_the_argmax(model, temperature):
+    argmax = sample.sample_prior(model, 32, 0.0, seed=6, chunk=32)
+    np.testing.assert_array_equal(sample.sample_prior(model, 32, temperature, seed=6, chunk=32), argmax)
+    z = np.random.default_rng(2).normal(size=(32, model.config.model.latent)).astype(np.float32)
+    np.testing.assert_array_equal(sample.decode(model, z, temperature, chunk=32), sample.decode(model, z, chunk=32))
+
+
+def test_variations_redraw_replaces_duplicates(model, voices):
+    plain = sample.variations(model, voices[0], count=32, spread=0.05, seed=3)
+    redrawn = sample.variations(model, voices[0], count=32, spread=0.05, seed=3, redraw=True)
+    assert sample.count_distinct(plain) < 32  # the test needs duplicates to replace
+    assert sample.count_distinct(redrawn) > sample.count_distinct(plain)
+    _, first = np.unique(plain, axis=0, return_index=True)
+    kept = plain[np.sort(first)]  # the distinct voices of the first draw come first, in order
+    np.testing.assert_array_equal(redrawn[:len(kept)], kept)
+    once = sample.variations(model, voices[0], count=32, spread=0.0, redraw=True)
+    assert sample.count_distinct(once) == 1 and len(once) == 32  # nothing else to draw

@@ -3,8 +3,12 @@ itself in headless Debian chromium driven by Playwright (skipped without them, f
 import concurrent.futures
 import json
 import os
+import socket
+import struct
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -115,6 +119,7 @@ def reference_wav(voice):
     ("/api/voice?seed=1&index=2&z=1,2,3,4,5", 400, "wrong latent length"),
     ("/api/voice?seed=1&index=2&z=1,2,x,4", 400, "bad latent"),
     ("/api/voice?seed=1&index=2&z=1,2,nan,4", 400, "finite"),
+    ("/api/voice?seed=1&index=2&z=1e39,0,0,0", 400, "finite float32"),
     ("/api/voice.wav?seed=1&index=2&note=128", 400, "bad note"),
     ("/api/voice?seed=1&index=2&sed=3", 400, "unknown parameter sed"),
     ("/api/nothing", 404, "no such page"),
@@ -135,6 +140,93 @@ def test_only_get_and_head(url):
     assert status == 200 and headers["Content-Length"] == str(dx7.BULK_SIZE) and body == b""
 
 
+def raw(url, request, timeout=30):
+    """The whole answer to the bytes `request` sent on a fresh connection, read until the server closes."""
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+def parse_answer(answer):
+    """(status line, headers dict, body) of a raw HTTP answer."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return lines[0], dict(line.split(": ", 1) for line in lines[1:]), body
+
+
+@pytest.mark.parametrize("request_line, status", [
+    ("PATCH /api/info HTTP/1.1", 405), ("OPTIONS /api/info HTTP/1.1", 405), ("TRACE /api/info HTTP/1.1", 405),
+    ("CONNECT /api/info HTTP/1.1", 405), ("BREW /api/info HTTP/1.1", 405), ("PATCH /nothing HTTP/1.1", 404),
+    ("GET /api/info", 400), ("GET", 400), ("GET /api/info HTTP/x", 400), ("GET /api/info HTTP/2.0", 505),
+])
+def test_every_answer_is_our_json_with_our_headers(url, request_line, status):
+    line, headers, body = parse_answer(raw(url, request_line.encode() + b"\r\nHost: 127.0.0.1\r\n\r\n"))
+    assert line.startswith("HTTP/1.0 ") and line.split()[1] == str(status), line
+    assert headers["Content-Type"] == "application/json" and json.loads(body)["status"] == status
+    assert headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Server"] == "neuraldx7"
+
+
+def test_only_our_own_host_names_are_answered(url):
+    port = urllib.parse.urlsplit(url).port
+    for host, status in [("127.0.0.1", 200), (f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200),
+                         (f"LOCALHOST:{port}", 200), (f"[::1]:{port}", 200), (f"evil.example:{port}", 403),
+                         ("evil.example", 403), ("127.0.0.1.evil.example", 403), (f"[::2]:{port}", 403)]:
+        line, _, body = parse_answer(raw(url, f"GET /api/info HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()))
+        assert line.split()[1] == str(status), (host, body)
+    line, _, body = parse_answer(raw(url, b"GET /api/info HTTP/1.0\r\n\r\n"))
+    assert line.split()[1] == "403" and "Host None" in json.loads(body)["error"]
+    assert serve.host_names("0.0.0.0", "0.0.0.0") == {"localhost", "127.0.0.1", "[::1]", "0.0.0.0"}
+    assert "[fe80::1]" in serve.host_names("fe80::1", "fe80::1")
+
+
+def test_idle_and_trickling_clients_are_cut_off(app):
+    server = serve.make_server(app, "127.0.0.1", 0, idle_seconds=1.0, request_seconds=2.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        before = threading.active_count()
+        idle = [socket.create_connection(server.server_address, timeout=30) for _ in range(20)]
+        t = time.perf_counter()
+        assert all(s.recv(1) == b"" for s in idle)  # closed by the server
+        assert time.perf_counter() - t < 10
+        with socket.create_connection(server.server_address, timeout=30) as s:
+            t = time.perf_counter()
+            request = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            try:
+                for byte in request * 10:  # one byte each 0.3 s: never idle, never done
+                    s.send(bytes([byte]))
+                    time.sleep(0.3)
+                    assert time.perf_counter() - t < 8, "a trickling client kept its connection"
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        for s in idle:
+            s.close()
+        deadline = time.time() + 10
+        while threading.active_count() > before and time.time() < deadline:
+            time.sleep(0.1)
+        assert threading.active_count() <= before
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_client_leaving_mid_answer_prints_nothing(url, capfd):
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    for seed in range(1000, 1010):
+        s = socket.create_connection((host, port), timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        s.sendall(f"GET /api/cartridge?seed={seed}&temperature=0.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        s.close()
+    time.sleep(3)
+    assert get_json(url + "api/info")["latent"] == 4
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_server_bug_is_a_500_with_a_json_body_and_the_server_goes_on(url, app, monkeypatch, capsys):
     monkeypatch.setattr(app, "info", lambda query: 1 / 0)
     status, headers, body = get(url + "api/info")
@@ -147,7 +239,8 @@ def test_a_server_bug_is_a_500_with_a_json_body_and_the_server_goes_on(url, app,
 def test_the_page_and_its_files_are_served_with_no_outside_sources(url):
     status, headers, body = get(url + "?seed=3&temperature=0.5")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and b"/app.js" in body
-    assert headers["Content-Security-Policy"] == "default-src 'self'"
+    assert headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+    assert headers["Server"] == "neuraldx7" and headers["X-Content-Type-Options"] == "nosniff"
     for name in ("app.js", "style.css"):
         status, _, body = get(url + name)
         assert status == 200 and b"http://" not in body and b"https://" not in body

@@ -145,3 +145,34 @@ def test_bad_options_are_clear_errors(dataset, tmp_path, capsys):
     assert cli.main(["train", "--data", str(tmp_path / "none.npz"), "--workdir", str(tmp_path),
                      "--steps", "1"]) == 2
     assert "no such dataset" in capsys.readouterr().err
+
+
+def test_the_command_says_it_compiles_and_a_finished_run_says_so(dataset, tmp_path, capsys):
+    common = ["train", "--config", "test", "--data", str(dataset), "--workdir", str(tmp_path), "--steps", "3",
+              "--log-every", "1", "--eval-every", "100", "--checkpoint-every", "3"]
+    assert cli.main(common) == 0
+    out = capsys.readouterr()
+    assert "compiling the train step" in out.err and "compiled and ran the first step" in out.err
+    assert "validation" in json.loads(out.out)
+    records = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    rates = [r["steps_per_s"] for r in records if r["split"] == "train"]
+    assert rates[0] is None and all(r > 0 for r in rates[1:])  # the compilation is in none of them
+    assert cli.main(common) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "already at step 3 (--steps 3): nothing to train" in out.err
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(dataset, tmp_path, capsys):
+    train.train_and_evaluate(config.test(), dataset, tmp_path, 2, checkpoint_every=2, progress=False)
+    files = sorted(p for p in (tmp_path / "checkpoints" / "2" / "params").rglob("*")
+                   if p.is_file() and p.parent.name == "d")
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])  # truncated
+    code = cli.main(["generate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.syx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'checkpoints' / '2'}: damaged or unreadable checkpoint" in err
+    (tmp_path / "checkpoints" / "2" / "meta" / "metadata").write_text("{not json")
+    with pytest.raises(Error, match="damaged or unreadable checkpoint"):
+        train.load_checkpoint(tmp_path)

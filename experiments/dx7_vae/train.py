@@ -5,8 +5,6 @@ Same options as `neuraldx7 train`, as flags; kept short on purpose, the logic is
         --steps 200000
 Multi-host (TPU pods, SLURM): add --distributed on every host.
 """
-import json
-
 from absl import app, flags
 
 from neuraldx7_jax.commands.train import OPTIONS, REQUIRED, run_training
@@ -23,7 +21,7 @@ flags.mark_flags_as_required(REQUIRED)
 
 def main(argv):
     del argv
-    print(json.dumps({"validation": run_training(flags.FLAGS)}))
+    run_training(flags.FLAGS)
 
 
 if __name__ == "__main__":

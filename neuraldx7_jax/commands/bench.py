@@ -1,5 +1,6 @@
 """`neuraldx7 bench`."""
 import json
+import sys
 
 from neuraldx7_jax.cli import command
 from neuraldx7_jax.config import PRESETS
@@ -22,7 +23,8 @@ def _bench(p):
     def handler(a):
         from neuraldx7_jax import bench
         what = a.what.split(",")
-        out = bench.run(a.config, a.batch, a.sample_batch, what, a.checkpoint, a.set)
+        out = bench.run(a.config, a.batch, a.sample_batch, what, a.checkpoint, a.set,
+                        announce=lambda line: print(line, file=sys.stderr, flush=True))
         if a.json:
             print(json.dumps(out))
         else:

@@ -23,8 +23,7 @@ def info(parser):
         print(f"{args.file}: {len(voices)} voices, {valid.sum()} valid")
         for n, (voice, ok) in enumerate(zip(voices, valid), 1):
             bad = "" if ok else "  out of range: " + ", ".join(dx7.out_of_range(voice))
-            print(f"{n:4d}  {dx7.voice_name(voice):10s}  alg {voice[134] + 1:2d}  "
-                  f"{'valid' if ok else 'INVALID'}{bad}")
+            print(f"{dx7.voice_line(n, voice)}  {'valid' if ok else 'INVALID'}{bad}")
         for w in caught:
             print(f"warning: {w.message}")
     return run
@@ -36,7 +35,8 @@ def dataset(parser):
     build = subs.add_parser(
         "build", help="read DX7 files into a train/validation .npz",
         description="Read every voice of the given files and directories (.syx and compact .bin, "
-                    "searched recursively), drop invalid voices (or clamp them) and duplicates, "
+                    "searched recursively), drop invalid voices (or clamp them) and duplicates "
+                    "(and, with --strict, the voices of damaged messages), "
                     "split train/validation by a hash of each voice (stable as files are added) "
                     "and write an .npz with the voices and their provenance.")
     build.add_argument("sources", nargs="+", metavar="SRC", help="a DX7 file or a directory of them")
@@ -45,13 +45,20 @@ def dataset(parser):
                        help="share of the voices (by hash) put in the validation split (default: 0.05)")
     build.add_argument("--clamp", action="store_true",
                        help="clamp out-of-range fields into range instead of dropping those voices")
-    build.set_defaults(action=lambda args: _print_build(data.build_dataset(
-        args.sources, args.out, args.validation_fraction, args.clamp)))
+    build.add_argument("--strict", action="store_true",
+                       help="drop the voices of damaged messages (a wrong or missing checksum, no F7 "
+                            "where the message ends); without it they are kept and counted")
+    build.set_defaults(action=_build)
     show = subs.add_parser("info", help="summarise a dataset .npz",
                            description="Print the split sizes, sources and build summary of a dataset .npz.")
     show.add_argument("dataset", metavar="DATASET", help="a .npz written by `neuraldx7 dataset build`")
     show.set_defaults(action=lambda args: _print_info(args.dataset, data.load_dataset(args.dataset)))
     return lambda args: args.action(args)
+
+
+def _build(args):
+    dx7.check_writable(args.out)
+    _print_build(data.build_dataset(args.sources, args.out, args.validation_fraction, args.clamp, args.strict))
 
 
 def _print_build(summary):
@@ -65,6 +72,11 @@ def _print_build(summary):
     fate = f"clamped {summary['clamped']}" if summary["clamped"] else "dropped"
     print(f"invalid         {summary['invalid']} ({fate})")
     print(f"duplicates      {summary['duplicates']}")
+    if summary["strict"]:
+        print(f"damaged         {summary['damaged_dropped']} voices of damaged messages dropped (--strict)")
+    else:
+        print(f"damaged         {summary['damaged_kept']} of the kept voices come from damaged messages "
+              "(--strict drops them)")
     print(f"train           {summary['train']}")
     print(f"validation      {summary['validation']}")
 

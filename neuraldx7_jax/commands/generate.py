@@ -26,8 +26,7 @@ def _audio(parser):
 
 def _print_cartridge(path, voices):
     print(f"wrote {path}: {len(voices)} voices")
-    for i in range(0, len(voices), 4):
-        print("    " + "  ".join(f"{n:3d} {dx7.voice_name(v):10s}" for n, v in enumerate(voices[i:i + 4], i + 1)))
+    print(dx7.voice_table(voices))
 
 
 def _prior(parser):
@@ -102,6 +101,7 @@ def interpolate(parser):
     _checkpoint(parser)
 
     def run(args):
+        dx7.check_writable(args.out)
         model = sample.load_model(args.checkpoint)
         voices, _ = sample.interpolate(model, sample.load_voice(args.a), sample.load_voice(args.b),
                                        args.steps, args.slerp)
@@ -122,16 +122,24 @@ def variations(parser):
     parser.add_argument("--out", required=True, help="the .syx file to write")
     parser.add_argument("--spread", type=float, default=1.0, help="scale of the posterior noise (default: 1)")
     parser.add_argument("--count", type=int, default=32, help="voices, a multiple of 32 (default: 32)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="replace duplicate voices by further draws (up to "
+                             f"{sample.REDRAW_FACTOR}x COUNT in all) until COUNT are distinct")
     _seed(parser)
     _checkpoint(parser)
 
     def run(args):
         if args.count < 32 or args.count % 32:
             raise Error(f"--count must be a positive multiple of 32, got {args.count}")
+        dx7.check_writable(args.out)
         model = sample.load_model(args.checkpoint)
-        voices = sample.variations(model, sample.load_voice(args.a), args.count, args.spread, args.seed)
+        voices = sample.variations(model, sample.load_voice(args.a), args.count, args.spread, args.seed,
+                                   redraw=args.redraw)
         sample.save_voices(args.out, voices)
         _print_cartridge(args.out, sample.clean_names(voices))
+        distinct = sample.count_distinct(voices)
+        hint = "" if distinct == len(voices) or args.redraw else "; --redraw replaces duplicates by new draws"
+        print(f"{distinct} of {len(voices)} voices are distinct{hint}")
     return run
 
 
@@ -147,6 +155,7 @@ def features(parser):
     _checkpoint(parser)
 
     def run(args):
+        dx7.check_writable(args.out)
         model = sample.load_model(args.checkpoint)
         summary = sample.write_features(model, args.data, args.out)
         print(f"wrote {args.out}: {summary['count']} voices from {summary['dataset']}")

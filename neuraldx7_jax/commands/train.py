@@ -1,5 +1,6 @@
 """`neuraldx7 train`; its options are shared with `experiments/dx7_vae/train.py` (as absl flags)."""
 import json
+import sys
 from typing import NamedTuple
 
 from neuraldx7_jax.cli import command
@@ -39,8 +40,8 @@ REQUIRED = ("data", "workdir", "steps")
 
 
 def run_training(a):
-    """Resolves the config from the options `a` (argparse namespace or absl FLAGS) and trains;
-    returns the last validation metrics."""
+    """Resolves the config from the options `a` (argparse namespace or absl FLAGS), trains, and
+    prints the last validation metrics as JSON (progress and notes go to stderr)."""
     import jax
 
     from neuraldx7_jax import train
@@ -49,9 +50,12 @@ def run_training(a):
     cfg = train.resolve_config(a.workdir, a.config, a.set, batch_size=a.batch_size,
                                learning_rate=a.learning_rate, warmup_steps=a.warmup_steps,
                                lr_schedule=a.lr_schedule, decay_steps=a.decay_steps)
-    return train.train_and_evaluate(cfg, a.data, a.workdir, a.steps, seed=a.seed,
-                                    checkpoint_every=a.checkpoint_every, keep=a.keep,
-                                    eval_every=a.eval_every, log_every=a.log_every)
+    result = train.train_and_evaluate(cfg, a.data, a.workdir, a.steps, seed=a.seed,
+                                      checkpoint_every=a.checkpoint_every, keep=a.keep,
+                                      eval_every=a.eval_every, log_every=a.log_every,
+                                      announce=lambda line: print(line, file=sys.stderr, flush=True))
+    if result is not None:
+        print(json.dumps({"validation": result}))
 
 
 @command("train", "Train the VAE on a dataset .npz; resumes an existing work directory.")
@@ -66,6 +70,4 @@ def _train(p):
             p.add_argument(flag, type=o.type, default=o.default, required=o.name in REQUIRED,
                            choices=o.choices or None, help=o.help)
 
-    def handler(a):
-        print(json.dumps({"validation": run_training(a)}))
-    return handler
+    return run_training
