@@ -1,6 +1,8 @@
 """Model commands: generate, interpolate, variations, features, duplicates, evaluate."""
 import json
 
+import numpy as np
+
 from neuraldx7_jax import dx7, sample
 from neuraldx7_jax.cli import command
 from neuraldx7_jax.errors import Error
@@ -148,20 +150,29 @@ def features(parser):
     parser.description = (
         "Encode every voice of a dataset (both splits) or DX7 file and write their posterior means "
         "and standard deviations (mu, sigma), the flowed posterior means (zk: the decoder's input) "
-        "and the per-dimension mean and std of zk to an .npz. The summary is also stored as "
-        "features.json in the checkpoint directory, where live control finds it.")
-    parser.add_argument("--data", help="a dataset .npz or DX7 file (default: the checkpoint's dataset)")
-    parser.add_argument("--out", required=True, help="the .npz to write")
+        "and the per-dimension mean and std of zk to an .npz (--out). Beside the checkpoints it "
+        "stores features.json (that summary, where live control and the page find their ranges, and "
+        "the fitted prior: a Gaussian fitted to posterior draws of the training voices' latents, which "
+        "generation samples from) and training.npz (the training set's value counts for the "
+        "evaluation baseline, keys of its voices so that generation can reject copies, and its name "
+        "statistics; no voice itself). Training runs this at its end.")
+    parser.add_argument("--data", help="a dataset .npz (its train split is the training set) or DX7 file "
+                                       "(default: the checkpoint's dataset)")
+    parser.add_argument("--out", help="also write the per-voice arrays to this .npz")
     _checkpoint(parser)
 
     def run(args):
-        dx7.check_writable(args.out)
+        if args.out:
+            dx7.check_writable(args.out)
         model = sample.load_model(args.checkpoint)
         summary = sample.write_features(model, args.data, args.out)
-        print(f"wrote {args.out}: {summary['count']} voices from {summary['dataset']}")
-        print(f"wrote {sample.features_path(model.path)}")
+        if args.out:
+            print(f"wrote {args.out}: {summary['count']} voices from {summary['dataset']}")
+        print(f"wrote {sample.features_path(model.path)} and {sample.training_path(model.path)}")
+        prior = summary["prior"]
         for d, (m, s) in enumerate(zip(summary["mean"], summary["std"])):
-            print(f"    z{d}  mean {m:+.3f}  std {s:.3f}")
+            print(f"    z{d}  mean {m:+.3f}  std {s:.3f}   fitted prior: mean {prior['mean'][d]:+.3f}  "
+                  f"std {prior['cov'][d][d] ** 0.5:.3f}")
     return run
 
 
@@ -177,8 +188,10 @@ def duplicates(parser):
     parser.description = (
         "The uniqueness study of the original: sample N voices from the prior and count distinct "
         "voices (over the 155 values), valid ones, novel ones (no training voice has the same 145 "
-        "non-name values) and exact copies of training voices. Counting streams; memory grows "
-        "with the distinct voices only. The training set is the checkpoint's dataset, or --data.")
+        "non-name values) and exact copies of training voices, and estimate how many are audible "
+        "(the parameter-only loudness estimate; --audio renders them in Dexed). Counting streams; "
+        "memory grows with the distinct voices only. The training set is --data, or the checkpoint's "
+        "dataset, or else the keys of its voices stored with the model (novelty, no copies).")
     parser.add_argument("--samples", type=int, default=65536, help="voices to sample (default: 65536)")
     parser.add_argument("--batch", type=int,
                         help="voices per device call (default: 256 on CPU, 4096 on GPU/TPU); "
@@ -186,6 +199,7 @@ def duplicates(parser):
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, argmax)")
     parser.add_argument("--data", help="the training dataset .npz (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _prior(parser)
     _audio(parser)
     _seed(parser)
     _checkpoint(parser)
@@ -194,24 +208,27 @@ def duplicates(parser):
         model = sample.load_model(args.checkpoint)
         training, path, why = sample.training_voices(model, args.data)
         result = sample.duplicates_study(model, args.samples, args.batch, args.temperature, args.seed,
-                                         training, progress=not args.json)
+                                         training, progress=not args.json, prior=args.prior)
         result["dataset"] = path
         if args.audio:
             from neuraldx7_jax import audio
-            voices = sample.sample_prior(model, min(args.audio, args.samples), args.temperature, args.seed)
+            voices = sample.sample_prior(model, min(args.audio, args.samples), args.temperature, args.seed,
+                                         prior=args.prior)
             result.update(audio.audibility(voices, training, args.audio, args.seed))
         if args.json:
             print(json.dumps(result))
             return
-        if why:
+        if why and result["novel"] is None:
             print(f"note: {why}; novelty not measured")
-        print(f"samples          {result['samples']}")
+        print(f"samples          {result['samples']} from the {result['prior']} prior")
         print(f"unique           {result['distinct']} ({result['unique_fraction']:.4%})")
         print(f"valid            {result['valid_fraction']:.4%}")
-        if training is not None:
-            print(f"novel            {result['novel']} ({result['novel_fraction']:.4%}) "
-                  f"vs {len(training)} training voices")
+        if result["novel"] is not None:
+            print(f"novel            {result['novel']} ({result['novel_fraction']:.4%})"
+                  + (f" vs {len(training)} training voices" if training is not None else ""))
+        if result["training_copies"] is not None:
             print(f"training copies  {result['training_copies']}")
+        print(f"audible (est.)   {result['estimated_audible_fraction']:.4%}")
         _print_audibility(result)
         print(f"throughput       {result['throughput']:.1f} samples/s on {result['devices']} device(s) "
               f"({result['seconds']:.1f} s, compilation {result['compile_seconds']:.1f} s)")
@@ -225,18 +242,29 @@ def evaluate(parser):
         "valid voices, report the model's reconstruction accuracy (posterior mean, argmax, over the "
         "155 values), cross-entropy and -ELBO per parameter in nats (over the in-range values, as "
         "generation sees them), beside a baseline that knows only each parameter's value "
-        "frequencies in the training data (Laplace-smoothed): what the model adds.")
-    parser.add_argument("file", metavar="FILE", help="a DX7 file, DATASET.npz or DATASET.npz:SPLIT")
-    parser.add_argument("--data", help="the training dataset .npz for the baseline (default: the checkpoint's)")
+        "frequencies in the training data (Laplace-smoothed; stored with the model): what the model "
+        "adds. Also: the fraction estimated audible at C4 (a parameter-only estimate of each voice's "
+        "loudness, checked against Dexed), how the names read (distinct per 32-voice cartridge; with "
+        "a run of three letters or more) and, with --reference, how far the voices' value "
+        "distributions are from another set's (mean marginal total-variation distance over the 145 "
+        "non-name parameters, and the algorithm's). Several FILEs are taken as one set: "
+        "`neuraldx7 evaluate carts/*.syx --reference data.npz:validation`.")
+    parser.add_argument("file", metavar="FILE", nargs="+", help="a DX7 file, DATASET.npz or DATASET.npz:SPLIT")
+    parser.add_argument("--data", help="the training dataset .npz for the baseline (default: the counts "
+                                       "stored with the model, else the checkpoint's dataset)")
+    parser.add_argument("--reference", metavar="SPEC",
+                        help="voices to compare the value distributions with, e.g. data.npz:validation")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     _audio(parser)
     _checkpoint(parser)
 
     def run(args):
         model = sample.load_model(args.checkpoint)
-        voices = sample.load_voices(args.file)
-        training, path, why = sample.training_voices(model, args.data)
-        report = sample.evaluate_voices(model, voices, training)
+        voices = np.concatenate([sample.load_voices(f) for f in args.file])
+        reference = sample.load_voices(args.reference) if args.reference else None
+        training, path, why = (None, None, None) if args.data is None and model.training is not None \
+            else sample.training_voices(model, args.data)
+        report = sample.evaluate_voices(model, voices, training, reference)
         report["dataset"] = path
         if args.audio:
             from neuraldx7_jax import audio
@@ -244,7 +272,7 @@ def evaluate(parser):
         if args.json:
             print(json.dumps(report))
             return
-        print(f"{args.file}: {report['count']} voices, {report['valid']} valid")
+        print(f"{', '.join(args.file)}: {report['count']} voices, {report['valid']} valid")
         for bad in report["invalid"]:
             print(f"{bad['index']:4d}  {bad['name']:10s}  out of range: {', '.join(bad['out_of_range'])}")
         if report["model"] is None:
@@ -257,6 +285,14 @@ def evaluate(parser):
                 ("CE / param (nats)", "ce_per_param", "ce_per_param"),
                 ("-ELBO / param (nats)", "neg_elbo_per_param", "neg_elbo_per_param"))
         for label, mk, bk in rows:
-            print(f"{label:24s}{m[mk]:10.4f}{b[bk] if b else float('nan'):10.4f}")
+            print(f"{label:24s}{m[mk]:10.4f}" + (f"{b[bk]:10.4f}" if b else f"{'-':>10s}"))
+        print(f"audible at C4 (estimated)   {report['estimated_audible_fraction']:.2%}")
+        n = report["names"]
+        print(f"names: distinct per cartridge {n['distinct_names_per_cartridge'] or n['distinct_names']:.1%}, "
+              f"with a run of 3+ letters {n['letter_run_fraction']:.1%}")
+        if "marginal_tv" in report:
+            tv = report["marginal_tv"]
+            print(f"marginal TV vs {args.reference} ({tv['reference_voices']} voices): mean {tv['mean']:.3f}, "
+                  f"algorithm {tv['algorithm']:.3f}")
         _print_audibility(report)
     return run

@@ -40,8 +40,10 @@ REQUIRED = ("data", "workdir", "steps")
 
 
 def run_training(a):
-    """Resolves the config from the options `a` (argparse namespace or absl FLAGS), trains, and
-    prints the last validation metrics as JSON (progress and notes go to stderr)."""
+    """Resolves the config from the options `a` (argparse namespace or absl FLAGS), trains, stores
+    what sampling needs of the data beside the checkpoints (`sample.write_features`: the fitted
+    prior, the training facts), and prints the last validation metrics as JSON (progress and notes
+    go to stderr)."""
     import jax
 
     from neuraldx7_jax import train
@@ -55,6 +57,10 @@ def run_training(a):
                                       eval_every=a.eval_every, log_every=a.log_every,
                                       announce=lambda line: print(line, file=sys.stderr, flush=True))
     if result is not None:
+        if jax.process_index() == 0:  # what sampling needs of the data: the fitted prior, the facts
+            from neuraldx7_jax import sample
+            print("fitting the latent prior to the training voices...", file=sys.stderr, flush=True)
+            sample.write_features(sample.load_model(a.workdir), a.data)
         print(json.dumps({"validation": result}))
 
 
