@@ -138,3 +138,26 @@ def batch_indices(n, batch_size, seed, step):
     epoch, i = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def load_voice(spec):
+    """One voice from `FILE:INDEX` (any DX7 file) or `DATASET.npz:SPLIT:INDEX`, 1-based."""
+    head, sep, index = spec.rpartition(":")
+    if not sep or not index.strip().isdigit():
+        raise Error(f"{spec}: expected FILE:INDEX or DATASET.npz:SPLIT:INDEX (INDEX from 1)")
+    voices = load_voices(head)
+    i = int(index)
+    if not 1 <= i <= len(voices):
+        raise Error(f"{spec}: no voice {i}; {head} holds {len(voices)} (numbered from 1)")
+    return voices[i - 1]
+
+
+def load_voices(spec):
+    """Voices from a DX7 file, a dataset `X.npz` (both splits) or `X.npz:SPLIT`."""
+    file, sep, split = spec.rpartition(":")
+    if sep and split in SPLITS and file.lower().endswith(".npz"):
+        return load_dataset(file)[split]
+    if spec.lower().endswith(".npz"):
+        arrays = load_dataset(spec)
+        return np.concatenate([arrays[s] for s in SPLITS])
+    return dx7.load(spec)

@@ -111,6 +111,31 @@ def voice_table(voices, first=1):
     return "\n".join(voice_line(n, v) for n, v in enumerate(voices, first))
 
 
+_GLOBAL_ROWS = (("pitch EG", ("PR1", "PR2", "PR3", "PR4", "PL1", "PL2", "PL3", "PL4")),
+                ("algorithm", ("ALG", "FB", "OKS")), ("LFO", ("LFS", "LFD", "LPMD", "LAMD", "LKS", "LFW", "LPMS")),
+                ("transpose", ("TRNSP",)))
+
+
+def describe_voice(voice):
+    """Every parameter of one voice as a librarian shows it: the name, a table of the operator
+    parameters (one row per parameter, operators 1-6 in columns), then the global ones. Values are
+    the stored ones (ALG 0-31 shows as 1-32); out-of-range values are marked with '!'."""
+    voice = np.asarray(voice)
+    by_name = {p.name: p for p in PARAMS}
+
+    def cell(p):
+        v = int(voice[p.index])
+        return f"{v + 1 if p.name == 'ALG' else v}{'!' if v > p.max else ''}"
+
+    lines = [f"name '{voice_name(voice)}'  algorithm {int(voice[134]) + 1}",
+             f"{'':6s}" + "".join(f"{f'OP{op}':>6s}" for op in range(1, 7))]
+    for name, *_ in _OPERATOR:
+        lines.append(f"{name:6s}" + "".join(f"{cell(by_name[f'OP{op} {name}']):>6s}" for op in range(1, 7)))
+    for title, names in _GLOBAL_ROWS:
+        lines.append(f"{title + ':':11s}" + "  ".join(f"{n} {cell(by_name[n])}" for n in names))
+    return "\n".join(lines)
+
+
 def _as_voices(voices):
     voices = np.asarray(voices)
     if voices.ndim != 2 or voices.shape[1] != N_PARAMS:

@@ -416,27 +416,7 @@ def clean_names(voices):
 
 # Voices from files, cartridges to files.
 
-def load_voice(spec):
-    """One voice from `FILE:INDEX` (any DX7 file) or `DATASET.npz:SPLIT:INDEX`, 1-based."""
-    head, sep, index = spec.rpartition(":")
-    if not sep or not index.strip().isdigit():
-        raise Error(f"{spec}: expected FILE:INDEX or DATASET.npz:SPLIT:INDEX (INDEX from 1)")
-    voices = load_voices(head)
-    i = int(index)
-    if not 1 <= i <= len(voices):
-        raise Error(f"{spec}: no voice {i}; {head} holds {len(voices)} (numbered from 1)")
-    return voices[i - 1]
-
-
-def load_voices(spec):
-    """Voices from a DX7 file, a dataset `X.npz` (both splits) or `X.npz:SPLIT`."""
-    file, sep, split = spec.rpartition(":")
-    if sep and split in data.SPLITS and file.lower().endswith(".npz"):
-        return data.load_dataset(file)[split]
-    if spec.lower().endswith(".npz"):
-        arrays = data.load_dataset(spec)
-        return np.concatenate([arrays[s] for s in data.SPLITS])
-    return dx7.load(spec)
+load_voice, load_voices = data.load_voice, data.load_voices  # where the commands look for them
 
 
 def like_voices(specs, name=None):

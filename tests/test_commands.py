@@ -31,8 +31,9 @@ def test_generate(trained, tmp_path, capsys):
                        "--seed", 5, "--checkpoint", work)
     assert code == 0
     for name in ("cart_001.syx", "cart_002.syx"):
-        assert f"wrote {tmp_path / name}" in out
+        assert f"wrote {tmp_path / name}: 32 voices" in out
         voices = dx7.load(tmp_path / name)
+        assert dx7.voice_table(voices) in out  # number, name, algorithm: one voice a line
         assert voices.shape == (32, dx7.N_PARAMS) and dx7.is_valid(voices).all()
         assert ((voices[:, dx7.NAME] >= 32) & (voices[:, dx7.NAME] <= 126)).all()
     for again in ("again", "other"):
@@ -67,10 +68,37 @@ def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
     code, _, _ = run(capsys, "variations", a, "--out", tmp_path / "w.syx", "--spread", 2, "--seed", 1,
                      "--checkpoint", work)
     assert code == 0 and dx7.is_valid(dx7.load(tmp_path / "w.syx")).all()
+    code, out, _ = run(capsys, "variations", a, "--out", tmp_path / "d.syx", "--spread", 0.3, "--checkpoint", work)
+    distinct = sample.count_distinct(dx7.load(tmp_path / "d.syx"))
+    assert code == 0 and f"{distinct} of 32 voices are distinct" in out
+    assert distinct == 32 or "--redraw replaces duplicates" in out
+    code, out, _ = run(capsys, "variations", a, "--out", tmp_path / "r.syx", "--spread", 0.3, "--redraw",
+                       "--checkpoint", work)
+    assert code == 0 and sample.count_distinct(dx7.load(tmp_path / "r.syx")) >= distinct
 
     code, _, err = run(capsys, "interpolate", f"{dataset}:train:0", b, "--out", tmp_path / "e.syx",
                        "--checkpoint", work)
     assert code == 2 and "numbered from 1" in err
+
+
+def test_a_tiny_temperature_is_the_argmax_in_generate(trained, tmp_path, capsys):
+    work, _ = trained
+    for t in (0, 1e-40):
+        assert run(capsys, "generate", "--out", tmp_path / f"{t}.syx", "--temperature", t, "--checkpoint", work)[0] == 0
+    assert (tmp_path / "1e-40.syx").read_bytes() == (tmp_path / "0.syx").read_bytes()
+
+
+def test_a_bad_destination_fails_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "dir.syx").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    missing = tmp_path / "no-such-checkpoint"  # loading it would fail: the destination is checked first
+    for argv, named in [(["generate", "--out", "/proc/x.syx"], "/proc/x.syx: cannot write there"),
+                        (["generate", "--out", tmp_path / "dir.syx"], f"{tmp_path / 'dir.syx'}: is a directory"),
+                        (["generate", "--out", tmp_path / "file" / "x.syx", "--count", 2], "not a directory"),
+                        (["interpolate", "a.syx:1", "b.syx:1", "--out", tmp_path / "dir.syx"], "is a directory"),
+                        (["variations", "a.syx:1", "--out", tmp_path / "dir.syx"], "is a directory")]:
+        code, _, err = run(capsys, *argv, "--checkpoint", missing)
+        assert code == 2 and named in err and ".tmp" not in err and "no-such-checkpoint" not in err, err
 
 
 def test_features(trained, tmp_path, capsys):

@@ -178,3 +178,19 @@ def test_a_file_of_headers_gives_a_short_reason(tmp_path):
     summary = data.build_dataset([tmp_path], tmp_path / "d.npz", progress=False)
     (rel, reason), = summary["files_skipped"]
     assert rel == "h.syx" and len(reason) < 2000 and "more problems" in reason
+
+
+def test_info_of_one_voice_shows_every_parameter(tree, capsys):
+    root, (a, b, _) = tree
+    path = root / "src" / "sub" / "B.SYX"
+    assert cli.main(["info", f"{path}:21"]) == 0  # b[20] has OP6 R1 = 120
+    out = capsys.readouterr().out
+    assert f"{path}: voice 21 of 32, out of range: OP6 R1=120" in out
+    assert f"name '{dx7.voice_name(b[20])}'  algorithm {b[20, 134] + 1}" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[3:24]}
+    assert list(rows) == ["R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4", "BP", "LD", "RD", "LC", "RC",
+                          "RS", "AMS", "KVS", "OL", "MODE", "FC", "FF", "DET"]
+    assert rows["R1"][5] == "120!" and rows["OL"] == [str(b[20, (6 - op) * 21 + 16]) for op in range(1, 7)]
+    assert f"FB {b[20, 135]}" in out and f"TRNSP {b[20, 144]}" in out
+    assert cli.main(["info", f"{path}:33"]) == 2
+    assert "no voice 33" in capsys.readouterr().err

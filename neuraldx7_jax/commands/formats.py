@@ -1,9 +1,11 @@
 """Format and dataset commands: info, dataset build, dataset info."""
 import warnings
 from collections import Counter
+from pathlib import Path
 
 from neuraldx7_jax import data, dx7
 from neuraldx7_jax.cli import command
+from neuraldx7_jax.errors import Error
 
 
 @command("info", "List the voices of a DX7 file (.syx, headerless bank or compact .bin).")
@@ -11,11 +13,16 @@ def info(parser):
     parser.description = (
         "List every voice of a DX7 file: number, name, algorithm (1-32), whether all 155 fields "
         "are in range and, if not, which fields are out of range. Problems in the file (bad "
-        "checksums, truncated messages) are printed as warnings.")
-    parser.add_argument("file", metavar="FILE", help="a .syx file, a headerless 4096-byte bank or a compact .bin")
+        "checksums, truncated messages) are printed as warnings. FILE:INDEX (from 1) shows that "
+        "voice's every parameter instead: the operators side by side, then the global ones.")
+    parser.add_argument("file", metavar="FILE",
+                        help="a .syx file, a headerless 4096-byte bank or a compact .bin; FILE:INDEX for one voice")
     parser.add_argument("--strict", action="store_true", help="drop voices whose message has a bad checksum")
 
     def run(args):
+        head, sep, index = args.file.rpartition(":")
+        if sep and index.isdigit() and not Path(args.file).exists():
+            return _show_voice(args.file, head, int(index), args.strict)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", dx7.FormatWarning)
             voices = dx7.load(args.file, strict=args.strict)
@@ -27,6 +34,20 @@ def info(parser):
         for w in caught:
             print(f"warning: {w.message}")
     return run
+
+
+def _show_voice(spec, file, index, strict):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dx7.FormatWarning)
+        voices = dx7.load(file, strict=strict)
+    if not 1 <= index <= len(voices):
+        raise Error(f"{spec}: no voice {index}; {file} holds {len(voices)} (numbered from 1)")
+    voice = voices[index - 1]
+    print(f"{file}: voice {index} of {len(voices)}, "
+          + ("valid" if dx7.is_valid(voice[None])[0] else "out of range: " + ", ".join(dx7.out_of_range(voice))))
+    print(dx7.describe_voice(voice))
+    for w in caught:
+        print(f"warning: {w.message}")
 
 
 @command("dataset", "Build a training dataset from DX7 files, or summarise one.")
