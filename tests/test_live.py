@@ -520,7 +520,7 @@ def test_tools_live_end_to_end(rig, workdir, tmp_path):
     assert "backend: jack" in text and "CC 7 -> dimension 1" in text and "CC 1 -> dimension 2" in text
     sent = int(re.search(r"sent (\d+) voices", text).group(1))
     received = rig.wait_for(sent)
-    assert "for 4 CCs (4 moves, 0 superseded" in text and "xruns" in text
+    assert "for 4 CCs (4 moves, 1 superseded" in text and "xruns" in text
     assert len(received) == sent and len(distinct(received)) == 3
     assert all(m[:3] == bytes([0xF0, 0x43, 2]) for m in received)
     assert live.load_mapping(saved) == [7, 1, 9]

@@ -37,12 +37,13 @@ flags.DEFINE_float("span", live.SPAN, "a CC sweeps mean +/- span std of its dime
 flags.DEFINE_string("name", "neuraldx7", "the MIDI client name")
 flags.register_validator("cc", lambda cc: cc is None or FLAGS.mapping is None, "--cc and --mapping exclude "
                          "each other")
-FLAGS.set_default("verbosity", logging.WARNING)  # no absl/orbax INFO lines while the model loads
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # no absl/orbax INFO lines while the model loads
     try:
         if FLAGS.list:
             ports = live.list_ports(FLAGS.backend, FLAGS.rtmidi_api)
@@ -60,5 +61,16 @@ def main(argv):
         sys.exit(2)
 
 
+def underscores(argv):
+    """--save-mapping=x -> --save_mapping=x: the flags take dashes too, as `neuraldx7`'s options do."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=underscores(sys.argv))
