@@ -1,11 +1,16 @@
-"""Live control: MIDI CCs steer the latent, a precompiled decoder sends each new voice as SysEx.
+"""Live control: MIDI CCs steer the latent, a precompiled decoder sends the newest voice as SysEx.
 
-The engine (`Controls`, `Decoder`, `Engine`) knows no MIDI backend and is tested without one.
-`JackLink` and `RtmidiLink` are thin adapters that feed it CCs and send what it returns;
-`list_ports` and `send_file` serve `neuraldx7 ports / send`. jax (through `sample`), jack and
-rtmidi are imported where they are used, so listing ports and sending files start fast and a
-host without libjack still has rtmidi.
+The engine (`Controls`, `Decoder`, `Engine`) knows no MIDI backend and is tested without one: it
+counts every CC, coalesces the moves since its last decode into one decode of the newest
+position, and re-sends that voice when asked to. `JackLink` and `RtmidiLink` are the adapters,
+one per entry of `BACKENDS`: they feed it CCs, send what it returns, follow their ports when
+they go away and come back (`poll`), list ports and send files. Nothing here prints: `run`
+reports through a `say` callback. jax (through `sample`), jack and rtmidi are imported where they
+are used, so listing ports and sending files start fast and a host without libjack has rtmidi.
 """
+import ctypes
+import ctypes.util
+import json
 import re
 import signal
 import threading
@@ -20,7 +25,8 @@ SPAN = 3.0  # CC 0..127 sweeps mean - SPAN std .. mean + SPAN std of its dimensi
 LEARN = 8  # the first LEARN distinct CC numbers received take latent dimensions 1..LEARN
 MODE_CCS = range(120, 128)  # channel mode messages (all notes off, ...): never learnt
 HISTORY = 1 << 16  # decode latencies kept for the statistics (a ring)
-BACKENDS = ("jack", "rtmidi")
+RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) after a new voice sends it again
+POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that went away
 
 
 def latent_summary(model):
@@ -96,8 +102,12 @@ class Decoder:
 
 
 class Engine:
-    """CC messages in, single-voice SysEx out: `control`/`handle` move the latent, `update`
-    decodes it and frames the voice into a preallocated 163-byte dump, timing each decode."""
+    """CC messages in, single-voice SysEx out. `handle` applies one message and counts it; `due`
+    says whether a decode is wanted (the latent moved, or `resend` asked for the voice again);
+    `update` decodes the newest latent into a preallocated 163-byte dump, timing each decode.
+    All the moves since the previous decode go out as one voice: those before the newest are
+    counted as superseded. `handle` and `update` may run on two threads (each writes its own
+    counters), so a decode that read a latent mid-move is followed by another."""
 
     def __init__(self, model, channel=0, ccs=None, span=SPAN):
         summary = latent_summary(model)
@@ -107,21 +117,46 @@ class Engine:
         self.message = bytearray(dx7.single_voice_message(np.zeros(dx7.N_PARAMS, np.uint8), channel))
         self._data = memoryview(self.message)[len(dx7.SINGLE_HEADER):-2]
         self.latency_ms = np.zeros(HISTORY)
-        self.updates = 0
+        self.ccs = self.moves = 0  # CC messages received; those that moved the latent (by `handle`)
+        self.requests = 0  # times `resend` asked for the voice again
+        self.updates = self.superseded = self.resent = 0  # decodes; moves never decoded; resends
+        self._moves_done = self._requests_done = 0  # `moves` and `requests` at the last decode
         self.decoder(self.controls.z_1xZ)  # the first call of an executable allocates; not in a callback
 
     def control(self, cc, value):
         """One CC message (number, value); True when the latent moved."""
-        return self.controls.control(cc, value)
+        self.ccs += 1
+        moved = self.controls.control(cc, value)
+        self.moves += moved
+        return moved
 
     def handle(self, data):
         """One raw MIDI message (bytes); True when it was a CC that moved the latent."""
         return (len(data) == 3 and data[0] & 0xF0 == 0xB0 and data[1] < 128 and data[2] < 128
-                and self.controls.control(data[1], data[2]))
+                and self.control(data[1], data[2]))
+
+    def resend(self):
+        """Asks for the current voice again (it may have been lost); only once one went out."""
+        if self.updates:
+            self.requests += 1
+
+    def fresh(self):
+        """Whether the latent moved since the last decode."""
+        return self.moves != self._moves_done
+
+    def due(self):
+        """Whether `update` has something to send: a latent not decoded yet, or a resend."""
+        return self.fresh() or self.requests != self._requests_done
 
     def update(self):
         """Decodes the current latent; returns the single-voice dump (rewritten by the next update)."""
         start = time.perf_counter()
+        moves, self._requests_done = self.moves, self.requests
+        if moves == self._moves_done:
+            self.resent += 1
+        else:
+            self.superseded += moves - self._moves_done - 1
+            self._moves_done = moves
         voice = self.decoder(self.controls.z_1xZ)
         self._data[:] = voice
         self.message[-2] = -int(voice.sum()) & 0x7F
@@ -130,21 +165,25 @@ class Engine:
         return self.message
 
     def stats(self):
-        """dict(updates, p50_ms, p99_ms, max_ms) of the updates so far (latencies: latent -> SysEx)."""
+        """dict(updates, p50_ms, p99_ms, max_ms, ccs, moves, superseded, resent) so far
+        (latencies: latent -> SysEx)."""
         ms = self.latency_ms[:min(self.updates, HISTORY)]
+        counts = dict(updates=self.updates, ccs=self.ccs, moves=self.moves, superseded=self.superseded,
+                      resent=self.resent)
         if not len(ms):
-            return dict(updates=0, p50_ms=float("nan"), p99_ms=float("nan"), max_ms=float("nan"))
-        return dict(updates=self.updates, p50_ms=float(np.percentile(ms, 50)),
-                    p99_ms=float(np.percentile(ms, 99)), max_ms=float(ms.max()))
+            return dict(counts, p50_ms=float("nan"), p99_ms=float("nan"), max_ms=float("nan"))
+        return dict(counts, p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),
+                    max_ms=float(ms.max()))
 
 
 def decode_latency(model, n=100, seed=0):
     """Times `n` updates of an Engine (AOT-compiled decode + framing) on random prior latents:
-    dict(updates, p50_ms, p99_ms, max_ms)."""
+    dict(updates, p50_ms, p99_ms, max_ms, ...)."""
     engine = Engine(model)
     rng = np.random.default_rng(seed)
     for z in rng.standard_normal((n, model.config.model.latent)).astype(np.float32):
         engine.controls.z_1xZ[0] = z
+        engine.moves += 1
         engine.update()
     return engine.stats()
 
@@ -167,11 +206,38 @@ def match_port(pattern, names, role):
     raise Error(f"{pattern!r} matches several MIDI {role}s: {', '.join(found)}; be more specific")
 
 
+class Follow:
+    """A port we connect to by a pattern (`what`: controller or synth). When it goes away, `update`
+    waits for a port the same pattern picks and connects that one."""
+
+    def __init__(self, what, pattern, name):
+        self.what, self.pattern, self.name = what, pattern, name
+        self.role = "source" if what == "controller" else "destination"
+
+    def update(self, names, connected, connect):
+        """Lines saying what changed, given the port names there are now; `connected(name)` and
+        `connect(name)` do the backend's part."""
+        if not self.pattern or self.name in names and connected(self.name):
+            return []
+        lines = []
+        if self.name:
+            lines.append(f"the {self.what} port {self.name} went away; waiting for a port matching "
+                         f"{self.pattern!r}")
+            self.name = None
+        try:
+            name = match_port(self.pattern, names, self.role)
+            connect(name)
+        except Error:
+            return lines
+        self.name = name
+        return lines + [f"{self.what}: reconnected to {name}"]
+
+
 def _jack():
     try:
         import jack
     except OSError as e:
-        raise Error(f"the JACK library is not installed ({e}); use the rtmidi backend") from None
+        raise Error(f"the JACK library is not installed ({e}); try --backend rtmidi") from None
     return jack
 
 
@@ -181,10 +247,19 @@ def _jack_client(name, jack):
     try:
         return jack.Client(name, no_start_server=True)
     except jack.JackOpenError:
-        raise Error("cannot reach a JACK server: start one (jackd or qjackctl) or use the rtmidi "
-                    "backend") from None
+        raise Error("cannot reach a JACK server: start one (jackd or qjackctl), or try "
+                    "--backend rtmidi") from None
     finally:
         jack.set_error_function()
+
+
+def jack_running():
+    """Whether a JACK server answers (libjack installed and a server running)."""
+    try:
+        _jack_client("neuraldx7-probe", _jack()).close()
+    except Error:
+        return False
+    return True
 
 
 def _jack_ports(client):
@@ -192,6 +267,25 @@ def _jack_ports(client):
     own = client.name + ":"
     names = lambda **kw: [p.name for p in client.get_ports(is_midi=True, **kw) if not p.name.startswith(own)]
     return names(is_output=True), names(is_input=True)
+
+
+_ALSA_QUIET = []  # the no-op alsa-lib error handler, kept alive once installed
+
+
+def _quiet_alsa():
+    """Keeps alsa-lib's own error lines ("ALSA lib seq_hw.c: ... failed") off the terminal: rtmidi's
+    exception says the same, and our Error says what to try instead."""
+    if _ALSA_QUIET:
+        return
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+    except OSError:  # not Linux, or no alsa-lib: nothing prints
+        _ALSA_QUIET.append(None)
+        return
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                               ctypes.c_char_p)(lambda *args: None)
+    lib.snd_lib_error_set_handler(handler)
+    _ALSA_QUIET.append(handler)
 
 
 def _rtmidi_api(api):
@@ -211,30 +305,57 @@ def _rtmidi_api(api):
     return names[api.lower()]
 
 
+def _rtmidi_errors():
+    import rtmidi
+
+    return rtmidi.RtMidiError, NotImplementedError, RuntimeError  # e.g. no ALSA sequencer
+
+
+def _rtmidi_failed(e):
+    """The Error for rtmidi failing to open the system's MIDI: what was tried, what to try instead."""
+    instead = ("a JACK server is running: try --backend jack" if jack_running() else
+               "start a JACK server (jackd or qjackctl) and use --backend jack, or on Linux load "
+               "the ALSA sequencer (modprobe snd-seq)")
+    return Error(f"rtmidi cannot open the system's MIDI ({e}); {instead}")
+
+
+def _rtmidi_new(direction, api, client):
+    """An rtmidi MidiIn ("in") or MidiOut ("out") of `client`, without a port."""
+    import rtmidi
+
+    _quiet_alsa()
+    try:
+        return (rtmidi.MidiIn if direction == "in" else rtmidi.MidiOut)(_rtmidi_api(api), client)
+    except _rtmidi_errors() as e:
+        raise _rtmidi_failed(e) from None
+
+
+def _rtmidi_connect(midi, name, port):
+    """Opens our port `port` of `midi` connected to the port called `name`."""
+    try:
+        midi.open_port(midi.get_ports().index(name), port)
+    except (ValueError, *_rtmidi_errors()) as e:
+        raise Error(f"rtmidi: cannot connect to {name} ({e})") from None
+
+
 def _rtmidi_open(direction, api, client, pattern=None, port=None, role=""):
     """An rtmidi MidiIn ("in") or MidiOut ("out") of `client`: with `pattern`, connected to the port
     it picks (ours is named `port`); with `port` only, a virtual port; else no port.
     Returns (midi, the picked port's name or None)."""
-    import rtmidi
-
-    errors = (rtmidi.RtMidiError, NotImplementedError, RuntimeError)  # e.g. no ALSA sequencer
-    try:
-        midi = (rtmidi.MidiIn if direction == "in" else rtmidi.MidiOut)(_rtmidi_api(api), client)
-    except errors as e:
-        raise Error(f"rtmidi: {e}") from None
+    midi = _rtmidi_new(direction, api, client)
     try:
         name = None
         if pattern:
-            names = midi.get_ports()
-            name = match_port(pattern, names, role)
-            midi.open_port(names.index(name), port)
+            name = match_port(pattern, midi.get_ports(), role)
+            _rtmidi_connect(midi, name, port)
         elif port:
-            midi.open_virtual_port(port)
+            try:
+                midi.open_virtual_port(port)
+            except _rtmidi_errors() as e:
+                raise Error(f"rtmidi: cannot open a virtual port ({e}); name the port to connect to") from None
         return midi, name
-    except BaseException as e:
+    except BaseException:
         midi.delete()
-        if isinstance(e, errors):
-            raise Error(f"rtmidi: {e}") from None
         raise
 
 
@@ -243,45 +364,36 @@ def _rtmidi_close(midi):
     midi.delete()
 
 
-def list_ports(backend, api=None):
-    """dict(sources=[...], destinations=[...]): MIDI ports that send (controllers, for
-    --controller) and that receive (synths, for --synth and `send --port`)."""
-    if backend == "jack":
-        jack = _jack()
-        client = _jack_client("neuraldx7-ports", jack)
-        try:
-            sources, destinations = _jack_ports(client)
-        finally:
-            client.close()
-    else:
-        ports = []
-        for direction in ("in", "out"):
-            midi, _ = _rtmidi_open(direction, api, "neuraldx7-ports")
-            ports.append(midi.get_ports())
-            midi.delete()
-        sources, destinations = ports
-    return dict(sources=sources, destinations=destinations)
-
-
 class JackLink:
     """The JACK adapter: a client with a MIDI input `control` and output `synth`. Each cycle its
-    process callback applies the cycle's CCs and, when the latent moved, writes one voice dump."""
+    process callback applies the cycle's CCs and, when the engine has something due, writes one
+    voice: the newest. After an xrun (up to RESEND_CYCLES after a new voice), a failed write or the
+    synth's return, it sends the current voice again, so the synth ends on the final position.
+    Each counter has one writer: xruns the notification thread, reconnects the main thread (poll),
+    the rest the process callback."""
 
     def __init__(self, engine, controller=None, synth=None, name="neuraldx7"):
         jack = _jack()
-        self.engine, self.xruns, self.dropped = engine, 0, 0
+        self.engine, self.xruns, self.sent, self.failed = engine, 0, 0, 0
         self.stopped = threading.Event()  # set when the JACK server goes away
+        self.reason = None
+        self._xruns_seen = self._cycle = 0
+        self._new_at = -RESEND_CYCLES  # the cycle of the last new voice
+        self.reconnects = self._reconnects_seen = 0  # the synth came back: send it the voice
+        self._changed = threading.Event()  # a port came or went
         self.client = client = _jack_client(name, jack)
         self.inport = client.midi_inports.register("control")
         self.outport = client.midi_outports.register("synth")
         client.set_process_callback(self._process)
         client.set_xrun_callback(self._xrun)
-        client.set_shutdown_callback(lambda status, reason: self.stopped.set())
+        client.set_shutdown_callback(self._shutdown)
+        client.set_port_registration_callback(lambda port, register: self._changed.set(), only_available=False)
         self._jack_error = jack.JackError
         try:
             sources, destinations = _jack_ports(client)
-            self.controller = controller and match_port(controller, sources, "source")
-            self.synth = synth and match_port(synth, destinations, "destination")
+            self._controller = Follow("controller", controller, controller and match_port(
+                controller, sources, "source"))
+            self._synth = Follow("synth", synth, synth and match_port(synth, destinations, "destination"))
             client.activate()
             if self.controller:
                 client.connect(self.controller, self.inport)
@@ -291,19 +403,60 @@ class JackLink:
             client.close()
             raise
 
+    controller = property(lambda self: self._controller.name)
+    synth = property(lambda self: self._synth.name)
+
     def _process(self, frames):
-        changed = False
+        engine = self.engine
         for _, data in self.inport.incoming_midi_events():
-            changed |= self.engine.handle(bytes(data))
+            engine.handle(bytes(data))
+        self._cycle += 1
+        if self.xruns != self._xruns_seen:
+            self._xruns_seen = self.xruns
+            if self._cycle - self._new_at <= RESEND_CYCLES:
+                engine.resend()
+        if self.reconnects != self._reconnects_seen:
+            self._reconnects_seen = self.reconnects
+            engine.resend()
         self.outport.clear_buffer()
-        if changed:
+        if engine.due():
+            if engine.fresh():
+                self._new_at = self._cycle
             try:
-                self.outport.write_midi_event(0, self.engine.update())
+                self.outport.write_midi_event(0, engine.update())
+                self.sent += 1
             except self._jack_error:
-                self.dropped += 1
+                self.failed += 1
+                engine.resend()
 
     def _xrun(self, delay_usecs):
         self.xruns += 1
+
+    def _shutdown(self, status, reason):
+        self.reason = reason
+        self.stopped.set()
+
+    def poll(self):
+        """Outside the callback, now and then: reconnects a port that came back after it went
+        away. Returns lines saying what changed."""
+        if not self._changed.is_set() or self.stopped.is_set():
+            return []
+        self._changed.clear()
+        sources, destinations = _jack_ports(self.client)
+
+        def connect(source, destination):
+            try:
+                self.client.connect(source, destination)
+            except self._jack_error as e:  # gone again already
+                raise Error(str(e)) from None
+
+        lines = self._controller.update(sources, self.inport.is_connected_to,
+                                        lambda name: connect(name, self.inport))
+        synth = self._synth.update(destinations, self.outport.is_connected_to,
+                                   lambda name: connect(self.outport, name))
+        if synth and synth[-1].startswith("synth: reconnected"):
+            self.reconnects += 1
+        return lines + synth
 
     def ports(self):
         """Our two ports' full names, for the user to connect by hand."""
@@ -322,36 +475,134 @@ class JackLink:
     def __exit__(self, *exc):
         self.close()
 
+    @staticmethod
+    def list_ports(api=None):
+        client = _jack_client("neuraldx7-ports", _jack())
+        try:
+            return _jack_ports(client)
+        finally:
+            client.close()
+
+    @staticmethod
+    def send_messages(messages, port, api=None, gap=0.1, timeout=10.0):
+        jack = _jack()
+        client = _jack_client("neuraldx7-send", jack)
+        try:
+            name = match_port(port, _jack_ports(client)[1], "destination")
+            outport = client.midi_outports.register("out")
+            pending, written, failed = [], threading.Event(), []
+
+            def process(frames):
+                outport.clear_buffer()
+                if pending:
+                    try:
+                        outport.write_midi_event(0, pending.pop())
+                    except jack.JackError as e:
+                        failed.append(str(e))
+                    written.set()
+
+            client.set_process_callback(process)
+            client.activate()
+            client.connect(outport, name)
+            for i, message in enumerate(messages):
+                time.sleep(gap if i else 0)
+                written.clear()
+                pending.append(bytes(message))
+                if not written.wait(timeout):
+                    raise Error(f"JACK did not run a cycle in {timeout:g} s")
+                if failed:
+                    raise Error(f"JACK could not send a {len(message)}-byte message ({failed[0]})")
+            time.sleep(2 * client.blocksize / client.samplerate)  # the cycle that delivers it
+            return name
+        finally:
+            client.close()
+
 
 class RtmidiLink:
-    """The rtmidi adapter: a callback on the controller's port decodes and sends a voice for each CC
-    that moved the latent. An unnamed port is opened as a virtual one for the user to connect.
+    """The rtmidi adapter. rtmidi's callback on the controller's port only applies the CC; a
+    worker thread decodes and sends whatever is due, so a flood of CCs costs one decode per
+    pass, always of the newest position. An unnamed port is opened as a virtual one for the user
+    to connect; a named one that goes away is looked for again every POLL_S (`poll`).
 
     python-rtmidi is used directly, not through mido: mido puts its callback back while it closes
     a port, and rtmidi holds the GIL while it waits for that callback's thread (JACK) to stop."""
 
     def __init__(self, engine, controller=None, synth=None, api=None, name="neuraldx7"):
-        self.engine, self.xruns, self.dropped = engine, None, 0
+        self.engine, self.xruns, self.sent, self.failed = engine, None, 0, 0
         self.name = name
         self.stopped = threading.Event()  # rtmidi never stops by itself
-        self.output, self.synth = _rtmidi_open("out", api, name, synth, "synth", "destination")
+        self._wake, self._closing, self._lock = threading.Event(), False, threading.Lock()
+        self._polled = time.monotonic()
+        self.output, synth_name = _rtmidi_open("out", api, name, synth, "synth", "destination")
         try:
-            self.input, self.controller = _rtmidi_open("in", api, name, controller, "control", "source")
+            self.input, controller_name = _rtmidi_open("in", api, name, controller, "control", "source")
         except BaseException:
             _rtmidi_close(self.output)
             raise
+        self._synth = Follow("synth", synth, synth_name)
+        self._controller = Follow("controller", controller, controller_name)
         self.input.ignore_types(sysex=True, timing=True, active_sense=True)
+        self._worker = threading.Thread(target=self._work, daemon=True)
+        self._worker.start()
         self.input.set_callback(self._on_message)
+
+    controller = property(lambda self: self._controller.name)
+    synth = property(lambda self: self._synth.name)
 
     def _on_message(self, event, data=None):
         if self.engine.handle(event[0]):
-            self.output.send_message(self.engine.update())
+            self._wake.set()
+
+    def _work(self):
+        errors = _rtmidi_errors()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            while self.engine.due():
+                message = self.engine.update()
+                with self._lock:
+                    try:
+                        self.output.send_message(message)
+                        self.sent += 1
+                    except errors:
+                        self.failed += 1
+
+    def poll(self):
+        """Every POLL_S at most: reopens a named port that went away once the same pattern
+        picks a port again. Returns lines saying what changed."""
+        if time.monotonic() - self._polled < POLL_S:
+            return []
+        self._polled = time.monotonic()
+
+        def connect_output(name):
+            with self._lock:
+                self.output.close_port()
+                _rtmidi_connect(self.output, name, "synth")
+            self.engine.resend()  # the synth that came back has not heard the current voice
+            self._wake.set()
+
+        def connect_input(name):
+            self.input.cancel_callback()
+            time.sleep(0.1)  # a callback under way ends first (see the class docstring)
+            self.input.close_port()
+            _rtmidi_connect(self.input, name, "control")
+            self.input.set_callback(self._on_message)
+
+        with self._lock:
+            destinations = self.output.get_ports()
+        return (self._synth.update(destinations, lambda name: True, connect_output)
+                + self._controller.update(self.input.get_ports(), lambda name: True, connect_input))
 
     def ports(self):
         return f"{self.name}:control", f"{self.name}:synth"
 
     def close(self):
         self.input.cancel_callback()
+        self._closing = True
+        self._wake.set()
+        self._worker.join()
         time.sleep(0.1)  # a callback under way ends first: closing waits on its thread, holding the GIL
         _rtmidi_close(self.input)
         _rtmidi_close(self.output)
@@ -362,14 +613,53 @@ class RtmidiLink:
     def __exit__(self, *exc):
         self.close()
 
+    @staticmethod
+    def list_ports(api=None):
+        ports = []
+        for direction in ("in", "out"):
+            midi = _rtmidi_new(direction, api, "neuraldx7-ports")
+            ports.append(midi.get_ports())
+            midi.delete()
+        return tuple(ports)
+
+    @staticmethod
+    def send_messages(messages, port, api=None, gap=0.1, timeout=None):
+        out, name = _rtmidi_open("out", api, "neuraldx7-send", port, "out", "destination")
+        try:
+            for i, message in enumerate(messages):
+                time.sleep(gap if i else 0)
+                out.send_message(message)
+        finally:
+            _rtmidi_close(out)  # waits until the last message is out
+        return name
+
+
+BACKENDS = {"jack": JackLink, "rtmidi": RtmidiLink}  # the MIDI backends, each one adapter class
+
+
+def choose_backend(backend=None):
+    """The backend to use: `backend` when given, else jack when a JACK server is running, else rtmidi."""
+    if backend is None:
+        return "jack" if jack_running() else "rtmidi"
+    if backend not in BACKENDS:
+        raise Error(f"unknown MIDI backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def list_ports(backend=None, api=None):
+    """dict(backend, sources=[...], destinations=[...]): MIDI ports that send (controllers, for
+    --controller) and that receive (synths, for --synth and `send --port`)."""
+    backend = choose_backend(backend)
+    sources, destinations = BACKENDS[backend].list_ports(api)
+    return dict(backend=backend, sources=sources, destinations=destinations)
+
 
 def open_link(backend, engine, controller=None, synth=None, api=None, name="neuraldx7"):
-    """The adapter of `backend` ("jack" or "rtmidi") around `engine`, connected and running."""
+    """The adapter of `backend` (None: `choose_backend`) around `engine`, connected and running."""
+    backend = choose_backend(backend)
     if backend == "jack":
         return JackLink(engine, controller, synth, name)
-    if backend == "rtmidi":
-        return RtmidiLink(engine, controller, synth, api, name)
-    raise Error(f"unknown MIDI backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return RtmidiLink(engine, controller, synth, api, name)
 
 
 def load(checkpoint=None):
@@ -384,47 +674,84 @@ def load(checkpoint=None):
         raise Error(f"cannot load the bundled model: {e}") from None
 
 
-def summary_line(stats, xruns):
-    return (f"sent {stats['updates']} voices; decode latency p50 {stats['p50_ms']:.2f} ms, "
+def load_mapping(path):
+    """The CC numbers for latent dimensions 1, 2, ... saved in `path` by `save_mapping`."""
+    try:
+        with open(path) as f:
+            ccs = json.load(f)["cc"]
+        return [int(c) for c in ccs]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Error(f"{path}: not a mapping file saved by --save-mapping ({e})") from None
+
+
+def save_mapping(path, ccs):
+    """Writes the CC numbers of latent dimensions 1, 2, ... to `path` (JSON: {"cc": [...]})."""
+    try:
+        with open(path, "w") as f:
+            json.dump({"cc": [int(c) for c in ccs]}, f)
+            f.write("\n")
+    except OSError as e:
+        raise Error(f"cannot save the mapping: {e}") from None
+
+
+def summary_line(stats):
+    """What went in and out: voices, CCs, what was superseded, resent or lost, latency, xruns."""
+    xruns = stats.get("xruns")
+    resent = f" ({stats['resent']} again after an xrun or a failed write)" if stats["resent"] else ""
+    return (f"sent {stats['sent']} voices{resent} for {stats['ccs']} CCs ({stats['moves']} moves, "
+            f"{stats['superseded']} superseded by a newer one before a decode); "
+            f"{stats['failed']} could not be written; decode latency p50 {stats['p50_ms']:.2f} ms, "
             f"p99 {stats['p99_ms']:.2f} ms, max {stats['max_ms']:.2f} ms; "
             f"xruns {'n/a' if xruns is None else xruns}")
 
 
-def run(checkpoint=None, backend="jack", controller=None, synth=None, channel=0, ccs=None,
-        span=SPAN, api=None, name="neuraldx7"):
-    """Plays the model live until Ctrl-C (or SIGTERM, or the JACK server stopping), then prints
-    the number of voices sent, the decode latency and the xruns. Returns the statistics."""
+def run(checkpoint=None, backend=None, controller=None, synth=None, channel=0, ccs=None,
+        span=SPAN, api=None, name="neuraldx7", save=None, say=print):
+    """Plays the model live until Ctrl-C or SIGTERM, reporting through `say(line)`: the ports,
+    each CC as it is learnt (saved to `save` as it grows, when given), ports that go away and come
+    back, then a summary. Returns the statistics; an Error when the JACK server goes away."""
+    backend = choose_backend(backend)
     model = load(checkpoint)
     if latent_summary(model) is None:
-        print("note: the model has no latent summary; CCs sweep the prior, 0 +/- "
-              f"{span:g} on every dimension")
+        say("note: the model has no latent summary; CCs sweep the prior, 0 +/- "
+            f"{span:g} on every dimension")
     engine = Engine(model, channel, ccs, span)
     stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
-    with open_link(backend, engine, controller, synth, api, name) as link:
-        control, out = link.ports()
-        print(f"controller: {link.controller or f'(connect to {control})'}")
-        print(f"synth:      {link.synth or f'(connect {out} to it)'}")
-        mapping = "learns the first CCs" if ccs is None else ", ".join(
-            f"CC {cc} -> {d}" for cc, d in engine.controls.mapping().items())
-        print(f"latent dimensions: {mapping}; SysEx channel {channel + 1}")
-        print("ready; Ctrl-C stops", flush=True)
-        shown = 0
-        try:
-            while not (stop.wait(0.2) or link.stopped.is_set()):
-                if engine.controls.learned > shown:
-                    learnt = {cc: d for cc, d in engine.controls.mapping().items() if d > shown}
-                    print(", ".join(f"CC {cc} -> dimension {d}" for cc, d in learnt.items()), flush=True)
-                    shown = engine.controls.learned
-        except KeyboardInterrupt:
-            pass
-        if link.stopped.is_set():
-            print("the JACK server stopped")
-    if main:
-        signal.signal(signal.SIGTERM, previous)
-    stats = dict(engine.stats(), xruns=link.xruns, dropped=link.dropped)
-    print(summary_line(stats, link.xruns) + (f"; {link.dropped} dropped" if link.dropped else ""))
+    try:
+        with open_link(backend, engine, controller, synth, api, name) as link:
+            control, out = link.ports()
+            say(f"backend: {backend}")
+            say(f"controller: {link.controller or f'(connect to {control})'}")
+            say(f"synth:      {link.synth or f'(connect {out} to it)'}")
+            mapping = "learns the first CCs" if ccs is None else ", ".join(
+                f"CC {cc} -> {d}" for cc, d in engine.controls.mapping().items())
+            say(f"latent dimensions: {mapping}; SysEx channel {channel + 1}")
+            say("ready; Ctrl-C stops")
+            shown = 0
+            try:
+                while not (stop.wait(0.2) or link.stopped.is_set()):
+                    for line in link.poll():
+                        say(line)
+                    if engine.controls.learned > shown:
+                        learnt = {cc: d for cc, d in engine.controls.mapping().items() if d > shown}
+                        say(", ".join(f"CC {cc} -> dimension {d}" for cc, d in learnt.items()))
+                        shown = engine.controls.learned
+                        if save:
+                            save_mapping(save, engine.controls.mapping())
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    if save:
+        save_mapping(save, engine.controls.mapping())
+    stats = dict(engine.stats(), xruns=link.xruns, sent=link.sent, failed=link.failed)
+    say(summary_line(stats))
+    if link.stopped.is_set():
+        raise Error(f"the JACK server went away ({link.reason or 'no reason given'}); start it and "
+                    "run again")
     return stats
 
 
@@ -439,55 +766,15 @@ def file_messages(path, channel=0):
     return len(voices), [dx7.cartridge_message(voices[i:i + 32], channel) for i in range(0, len(voices), 32)]
 
 
-def send_messages(messages, port, backend="rtmidi", api=None, gap=0.1, timeout=10.0):
-    """Sends SysEx `messages` (bytes, F0 .. F7) to the destination `port` picks, `gap` seconds apart.
-    Returns the port's full name."""
-    if backend == "rtmidi":
-        out, name = _rtmidi_open("out", api, "neuraldx7-send", port, "out", "destination")
-        try:
-            for i, message in enumerate(messages):
-                time.sleep(gap if i else 0)
-                out.send_message(message)
-        finally:
-            _rtmidi_close(out)  # waits until the last message is out
-        return name
-    if backend != "jack":
-        raise Error(f"unknown MIDI backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    jack = _jack()
-    client = _jack_client("neuraldx7-send", jack)
-    try:
-        name = match_port(port, _jack_ports(client)[1], "destination")
-        outport = client.midi_outports.register("out")
-        pending, written, failed = [], threading.Event(), []
-
-        def process(frames):
-            outport.clear_buffer()
-            if pending:
-                try:
-                    outport.write_midi_event(0, pending.pop())
-                except jack.JackError as e:
-                    failed.append(str(e))
-                written.set()
-
-        client.set_process_callback(process)
-        client.activate()
-        client.connect(outport, name)
-        for i, message in enumerate(messages):
-            time.sleep(gap if i else 0)
-            written.clear()
-            pending.append(bytes(message))
-            if not written.wait(timeout):
-                raise Error(f"JACK did not run a cycle in {timeout:g} s")
-            if failed:
-                raise Error(f"JACK could not send a {len(message)}-byte message ({failed[0]})")
-        time.sleep(2 * client.blocksize / client.samplerate)  # the cycle that delivers it
-        return name
-    finally:
-        client.close()
+def send_messages(messages, port, backend=None, api=None, gap=0.1, timeout=10.0):
+    """Sends SysEx `messages` (bytes, F0 .. F7) to the destination `port` picks, `gap` seconds apart,
+    over `backend` (None: `choose_backend`). Returns (the backend, the port's full name)."""
+    backend = choose_backend(backend)
+    return backend, BACKENDS[backend].send_messages(messages, port, api, gap, timeout)
 
 
-def send_file(path, port, backend="rtmidi", api=None, channel=0, gap=0.1):
-    """Sends the voices of a DX7 file to a synth; returns (voices, messages, bytes, port name)."""
+def send_file(path, port, backend=None, api=None, channel=0, gap=0.1):
+    """Sends the voices of a DX7 file to a synth; returns (voices, messages, bytes, backend, port name)."""
     n, messages = file_messages(path, channel)
-    name = send_messages(messages, port, backend, api, gap)
-    return n, len(messages), sum(map(len, messages)), name
+    backend, name = send_messages(messages, port, backend, api, gap)
+    return n, len(messages), sum(map(len, messages)), backend, name

@@ -3,6 +3,7 @@ real (dummy-driver) JACK server: the JACK and rtmidi adapters, tools/live.py, `p
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -136,104 +137,165 @@ def test_no_latent_summary_means_the_prior(workdir):
         live.latent_summary(model._replace(features=dict(mean=[0.0] * 4, std=[1.0, 0.0, 1.0, 1.0])))
 
 
-@pytest.fixture(scope="module")
-def jack_server(tmp_path_factory):
-    """A dummy-driver JACK server (48 kHz, 256 frames) under a unique name, for this module."""
+def need_jackd():
     jackd = shutil.which("jackd")
     if jackd is None:
         if os.environ.get("CI"):
             pytest.fail("jackd is missing in CI (.ci/run installs jackd2)")
         pytest.skip("jackd is not installed (apt-get install jackd2)")
+    return jackd
+
+
+def start_jackd(name, log):
+    """A dummy-driver JACK server (48 kHz, 256 frames) called `name`, once it answers.
+    Synchronous mode (-S, clients may be 5 s late): a slow cycle on a loaded machine is an xrun,
+    never a lost message. setpriv: the server gets SIGTERM if pytest dies, even killed."""
     import jack
 
+    orphan_guard = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
+    server = subprocess.Popen(orphan_guard + [need_jackd(), "-S", "-t", "5000", "--no-realtime", "-n", name,
+                                              "-d", "dummy", "-r", "48000", "-p", "256"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    jack.set_error_function(lambda message: None)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            jack.Client("probe", no_start_server=True, servername=name).close()
+            return server
+        except jack.JackOpenError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop_jackd(server)
+                pytest.fail(f"jackd did not start (log: {log.name})")
+            time.sleep(0.1)
+
+
+def stop_jackd(server):
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def jack_server(tmp_path_factory):
+    """A JACK server under a unique name, the default one for this module."""
+    need_jackd()
     name = f"neuraldx7-test-{uuid.uuid4().hex[:8]}"
     log = tmp_path_factory.mktemp("jackd") / "jackd.log"
     with pytest.MonkeyPatch.context() as env, open(log, "w") as out:
         env.setenv("JACK_DEFAULT_SERVER", name)
         env.setenv("JACK_NO_START_SERVER", "1")
-        # Synchronous mode (-S, clients may be 5 s late): a slow cycle on a loaded machine is an
-        # xrun, never a lost message. setpriv: the server gets SIGTERM if pytest dies, even killed.
-        orphan_guard = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
-        server = subprocess.Popen(orphan_guard + [jackd, "-S", "-t", "5000", "--no-realtime", "-n", name,
-                                                  "-d", "dummy", "-r", "48000", "-p", "256"],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = start_jackd(name, out)
         try:
-            jack.set_error_function(lambda message: None)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    jack.Client("probe", no_start_server=True).close()
-                    break
-                except jack.JackOpenError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"jackd did not start:\n{log.read_text()}")
-                    time.sleep(0.1)
             yield name
         finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_jackd(server)
 
 
 RIG = r"""
-import collections, json, queue, sys, threading
+import collections, json, sys, threading, time
 import jack
 
-controller = jack.Client("pytest-controller", use_exact_name=True, no_start_server=True)
-synth = jack.Client("pytest-synth", use_exact_name=True, no_start_server=True)
-out, inp = controller.midi_outports.register("out"), synth.midi_inports.register("in")
-batches, received = collections.deque(), queue.Queue()
+items, lock = collections.deque(), threading.Lock()  # per cycle: a batch of messages, or a stall (s)
 
-@controller.set_process_callback
-def play(frames):  # one batch of messages per cycle
-    out.clear_buffer()
-    if batches:
-        for i, message in enumerate(batches.popleft()):
-            out.write_midi_event(i, message)
+def say(*words):
+    with lock:
+        print(*words, flush=True)
 
-@synth.set_process_callback
-def keep(frames):
-    for _, data in inp.incoming_midi_events():
-        received.put(bytes(data).hex())
+def controller():
+    client = jack.Client("pytest-controller", use_exact_name=True, no_start_server=True)
+    out = client.midi_outports.register("out")
 
-def report():
-    while True:
-        print(received.get(), flush=True)
+    @client.set_process_callback
+    def play(frames):
+        out.clear_buffer()
+        if not items:
+            return
+        item = items.popleft()
+        if isinstance(item, float):  # a late cycle: the server counts an xrun
+            time.sleep(item)
+            return
+        for i, message in enumerate(item):
+            try:
+                out.write_midi_event(min(i, frames - 1), message)
+            except jack.JackError:  # the buffer is full: the rest goes next cycle, as a MIDI driver does
+                items.appendleft(item[i:])
+                break
+    return client
 
-controller.activate()
-synth.activate()
-threading.Thread(target=report, daemon=True).start()
-print("ready", flush=True)
+def synth():
+    client = jack.Client("pytest-synth", use_exact_name=True, no_start_server=True)
+    inp = client.midi_inports.register("in")
+
+    @client.set_process_callback
+    def keep(frames):
+        for _, data in inp.incoming_midi_events():
+            say("rx", bytes(data).hex())
+    return client
+
+OPEN = dict(controller=controller, synth=synth)
+clients = {}
+for role in OPEN:
+    clients[role] = OPEN[role]()
+    clients[role].activate()
+say("ready")
 for line in sys.stdin:
-    batches.extend([bytes.fromhex(m) for m in batch] for batch in json.loads(line))
-for client in (controller, synth):
+    command = json.loads(line)
+    if "play" in command:
+        items.extend(i if isinstance(i, float) else [bytes.fromhex(m) for m in i] for i in command["play"])
+    elif "close" in command:
+        client = clients.pop(command["close"])
+        client.deactivate()
+        client.close()
+        say("done")
+    else:
+        clients[command["open"]] = OPEN[command["open"]]()
+        clients[command["open"]].activate()
+        say("done")
+for client in clients.values():
     client.deactivate()
     client.close()
 """
 
 
 class Rig:
-    """A controller that plays one batch of MIDI messages per JACK cycle and a synth that keeps
-    what it receives: JACK clients in a process of their own, as python-rtmidi holds the GIL
-    while it opens a JACK client, and the server then waits on the Python callbacks beside it."""
+    """A controller that plays one batch of MIDI messages per JACK cycle (what does not fit its
+    buffer goes the next cycle) and a synth that keeps what it receives; either can be closed
+    and opened again under the same name. JACK clients in a process of their own, as
+    python-rtmidi holds the GIL while it opens a JACK client, and the server then waits on the
+    Python callbacks beside it."""
 
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, "-c", RIG], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines, self.received = queue.Queue(), []
-        threading.Thread(target=lambda: [self.lines.put(line.strip()) for line in self.proc.stdout],
-                         daemon=True).start()
-        first = self.lines.get(timeout=60)
+        self.lines, self.done, self.received = queue.Queue(), queue.Queue(), []
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self.done.get(timeout=60)
         assert first == "ready", first
 
-    def play(self, batches):
-        self.proc.stdin.write(json.dumps([[m.hex() for m in batch] for batch in batches]) + "\n")
+    def _read(self):
+        for line in self.proc.stdout:
+            (self.lines.put(line[3:].strip()) if line.startswith("rx ") else self.done.put(line.strip()))
+
+    def _send(self, command):
+        self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
 
-    def wait_for(self, n, timeout=30.0):
+    def play(self, batches):
+        """Batches of messages, one per cycle; a number instead of a batch stalls that cycle (s)."""
+        self._send(dict(play=[b if isinstance(b, float) else [m.hex() for m in b] for b in batches]))
+
+    def close_client(self, role):
+        self._send(dict(close=role))
+        assert self.done.get(timeout=60) == "done"
+
+    def open_client(self, role):
+        self._send(dict(open=role))
+        assert self.done.get(timeout=60) == "done"
+
+    def wait_for(self, n, timeout=60.0):
         """Every message received so far once there are `n`, plus any that follow within 50 cycles."""
         deadline = time.monotonic() + timeout
         while len(self.received) < n and time.monotonic() < deadline:
@@ -274,15 +336,44 @@ BATCHES = [
 ]
 
 
-def check_dumps(received, latents, reference, channel):
-    assert len(received) == len(latents)
-    for message, z in zip(received, latents):
+def distinct(received):
+    """The messages without repeats of the one before (the voice sent again after an xrun)."""
+    return [m for i, m in enumerate(received) if i == 0 or m != received[i - 1]]
+
+
+def check_wellformed(received, channel):
+    for message in received:
         assert len(message) == dx7.SINGLE_SIZE and message[-1] == 0xF7
         assert message[:6] == bytes([0xF0, 0x43, channel, 0x00, 0x01, 0x1B])
         assert message[-2] == dx7.checksum(message[6:-2])
-        voice = dx7.parse_single_voice(message)
-        assert dx7.is_valid(voice[None])[0]
-        np.testing.assert_array_equal(voice, reference(z))
+        assert dx7.is_valid(dx7.parse_single_voice(message)[None])[0]
+
+
+def check_dumps(received, latents, reference, channel):
+    """Every dump well formed and valid; without repeats, they are the voices of `latents` in order
+    (repeats: the voice sent again after an xrun, or two latents that decode to one voice)."""
+    check_wellformed(received, channel)
+    assert distinct(received) == distinct([dx7.single_voice_message(reference(z), channel) for z in latents])
+
+
+def check_accounting(engine, link, received, ccs):
+    """Exact counts: every CC counted, every move decoded or superseded, every decode written or
+    failed, every written voice received."""
+    stats = engine.stats()
+    assert stats["ccs"] == ccs and not engine.due()
+    assert stats["moves"] == stats["superseded"] + stats["updates"] - stats["resent"]
+    assert stats["updates"] == link.sent + link.failed
+    assert len(received) == link.sent
+
+
+def settle(engine, ccs, link, timeout=120.0):
+    """Waits until `ccs` CCs arrived and were decoded, and the xruns after them had their resends."""
+    deadline = time.monotonic() + timeout
+    while (engine.ccs < ccs or engine.due()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3 * live.RESEND_CYCLES * 256 / 48000)  # cycles run slower than real time under load
+    while engine.due() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_jack_sends_one_voice_per_cycle_that_moved_the_latent(rig, model, reference):
@@ -291,29 +382,115 @@ def test_jack_sends_one_voice_per_cycle_that_moved_the_latent(rig, model, refere
         assert link.controller == "pytest-controller:out" and link.synth == "pytest-synth:in"
         latents = reference_latents(BATCHES, MEAN, STD)
         rig.play(BATCHES)
-        received = rig.wait_for(len(latents))
+        settle(engine, 9, link)
+    received = rig.wait_for(link.sent)
     assert len(latents) == 4
     check_dumps(received, latents, reference, channel=2)
-    assert engine.stats()["updates"] == 4 and link.dropped == 0
+    check_accounting(engine, link, received, ccs=9)
+    assert engine.stats()["updates"] - engine.stats()["resent"] == 4 and link.failed == 0
 
 
-def test_rtmidi_sends_one_voice_per_message_that_moved_the_latent(rig, model, reference):
+def test_jack_sends_the_voice_again_after_an_xrun(rig, model, reference):
     engine = live.Engine(model)
-    with live.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack"):
+    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+        rig.play([[cc(20, 0)], 0.2])  # a voice, then a cycle 0.2 s late
+        settle(engine, 1, link)
+    received = rig.wait_for(link.sent)
+    assert link.xruns >= 1 and engine.resent >= 1
+    check_dumps(received, reference_latents([[cc(20, 0)]], MEAN, STD), reference, channel=0)
+    check_accounting(engine, link, received, ccs=1)
+
+
+def test_jack_flood_every_cycle_sends_its_newest_voice(rig, model, reference):
+    rng = np.random.default_rng(0)  # 1,000 CCs over 2 s (375 cycles) on 4 knobs
+    batches = [[cc(20 + k, v) for k, v in zip(rng.integers(0, 4, n), rng.integers(0, 128, n))]
+               for n in np.diff(np.sort(np.r_[0, rng.integers(0, 1000, 374), 1000]))]
+    assert sum(map(len, batches)) == 1000 and len(batches) == 375
+    engine = live.Engine(model)
+    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+        rig.play(batches)
+        settle(engine, 1000, link)
+    received = rig.wait_for(link.sent)
+    latents = reference_latents(batches, MEAN, STD)
+    check_dumps(received, latents, reference, channel=0)
+    check_accounting(engine, link, received, ccs=1000)
+    assert engine.superseded == engine.moves - len(latents)
+
+
+def test_jack_burst_ends_on_the_final_positions(rig, model, reference):
+    rng = np.random.default_rng(1)  # 10,000 CCs in one cycle (more than a JACK buffer holds), then silence
+    burst = [cc(20 + k, v) for k, v in zip(rng.integers(0, 4, 10_000), rng.integers(0, 128, 10_000))]
+    engine = live.Engine(model)
+    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+        rig.play([burst])
+        settle(engine, 10_000, link)
+    received = rig.wait_for(link.sent)
+    check_accounting(engine, link, received, ccs=10_000)
+    assert 1 <= link.sent < 100 and engine.superseded > 9_000
+    final = reference_latents([burst], MEAN, STD)[-1]
+    check_dumps(received[-1:], [final], reference, channel=0)
+    check_wellformed(received, channel=0)
+
+
+def test_jack_reconnects_ports_that_come_back(rig, model, reference):
+    engine = live.Engine(model)
+
+    def poll_until(text, timeout=60.0):
+        deadline, seen = time.monotonic() + timeout, []
+        while not any(text in line for line in seen) and time.monotonic() < deadline:
+            seen += link.poll()
+            time.sleep(0.05)
+        assert any(text in line for line in seen), seen
+        return seen
+
+    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+        rig.play([[cc(20, 0)]])
+        settle(engine, 1, link)
+        before = rig.wait_for(link.sent)
+        rig.close_client("synth")
+        assert poll_until("went away") == [
+            "the synth port pytest-synth:in went away; waiting for a port matching 'pytest-synth'"]
+        rig.open_client("synth")
+        assert poll_until("reconnected") == ["synth: reconnected to pytest-synth:in"]
+        settle(engine, 1, link)  # the synth that came back gets the current voice
+        rig.close_client("controller")
+        poll_until("the controller port pytest-controller:out went away")
+        rig.open_client("controller")
+        poll_until("controller: reconnected to pytest-controller:out")
+        rig.play([[cc(20, 127)]])
+        settle(engine, 2, link)
+    received = rig.wait_for(link.sent)
+    after = received[len(before):]
+    latents = reference_latents([[cc(20, 0)], [cc(20, 127)]], MEAN, STD)
+    check_dumps(before, latents[:1], reference, channel=0)
+    check_dumps(after, latents, reference, channel=0)  # the voice again, then the new one
+    assert link.sent == len(received) and engine.ccs == 2
+
+
+def test_rtmidi_sends_the_newest_voice_as_the_messages_arrive(rig, model, reference):
+    engine = live.Engine(model)
+    with live.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
         latents = reference_latents(BATCHES, MEAN, STD, per_message=True)
         rig.play(BATCHES)
-        received = rig.wait_for(len(latents))
+        settle(engine, 9, link)
+    received = rig.wait_for(link.sent)
     assert len(latents) == 6
-    check_dumps(received, latents, reference, channel=0)
+    check_accounting(engine, link, received, ccs=9)
+    voices = [reference(z) for z in latents]  # each dump is one of the positions, in order, ending on the last
+    found = [next(i for i, v in enumerate(voices) if np.array_equal(v, dx7.parse_single_voice(m)))
+             for m in received]
+    assert found == sorted(found) and found[-1] == len(latents) - 1
 
 
-def test_tools_live_end_to_end(rig, workdir):
+def test_tools_live_end_to_end(rig, workdir, tmp_path):
     tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]
-    listed = subprocess.run(tool + ["--list"], capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(tool + ["--list"], capture_output=True, text=True, timeout=300)
     assert "pytest-controller:out" in listed.stdout and "pytest-synth:in" in listed.stdout, listed.stderr
+    assert listed.stdout.startswith("jack sources")  # a JACK server runs: the backend is jack
 
+    saved = tmp_path / "mapping.json"
     proc = subprocess.Popen(tool + ["--checkpoint", str(workdir), "--controller", "pytest-controller",
-                                    "--synth", "pytest-synth", "--channel", "3", "--cc", "7,1"],
+                                    "--synth", "pytest-synth", "--channel", "3", "--save-mapping", str(saved)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
@@ -321,10 +498,15 @@ def test_tools_live_end_to_end(rig, workdir):
     output = []
     try:
         while not output or output[-1] is not None and not output[-1].startswith("ready"):
-            output.append(lines.get(timeout=120))
+            output.append(lines.get(timeout=300))
         assert output[-1] is not None, "".join(output[:-1])
         rig.play([[cc(7, 100)], [cc(1, 0), cc(9, 5)], [cc(9, 6)]])
-        received = rig.wait_for(2)
+        received = rig.wait_for(3)
+        deadline = time.monotonic() + 60
+        while not (saved.exists() and json.loads(saved.read_text() or "{}").get("cc") == [7, 1, 9]):
+            assert time.monotonic() < deadline, "the mapping was not saved"
+            time.sleep(0.1)
+        time.sleep(3 * live.RESEND_CYCLES * 256 / 48000)
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     finally:
@@ -333,14 +515,37 @@ def test_tools_live_end_to_end(rig, workdir):
         output.append(line)
     text = "".join(output)
     assert proc.returncode == 0, text
-    assert "no latent summary" in text and "CC 7 -> 1, CC 1 -> 2" in text
-    assert "sent 2 voices" in text and "xruns" in text
-    assert len(received) == 2 and all(m[:3] == bytes([0xF0, 0x43, 2]) for m in received)
+    assert not [line for line in output if line and line[0] in "IW" and line[1:5].isdigit()], text  # no absl lines
+    assert output[0].startswith("note: the model has no latent summary"), text
+    assert "backend: jack" in text and "CC 7 -> dimension 1" in text and "CC 1 -> dimension 2" in text
+    sent = int(re.search(r"sent (\d+) voices", text).group(1))
+    received = rig.wait_for(sent)
+    assert "for 4 CCs (4 moves, 1 superseded" in text and "xruns" in text
+    assert len(received) == sent and 1 <= len(distinct(received)) <= 3  # 3 decodes; close latents may share a voice
+    assert all(m[:3] == bytes([0xF0, 0x43, 2]) for m in received)
+    assert live.load_mapping(saved) == [7, 1, 9]
+
+
+def test_mapping_files_and_bad_input(tmp_path):
+    path = tmp_path / "mapping.json"
+    live.save_mapping(path, {14: 1, 15: 2, 16: 3})
+    assert live.load_mapping(path) == [14, 15, 16]
+    assert live.Controls(MEAN, STD, ccs=live.load_mapping(path)).mapping() == {14: 1, 15: 2, 16: 3}
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(Error, match="not a mapping file"):
+        live.load_mapping(tmp_path / "bad.json")
+    tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]
+    done = subprocess.run(tool + ["--mapping", str(tmp_path / "none.json")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.startswith("live: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "none.json: not a mapping file" in done.stderr
 
 
 def test_ports_and_send_commands(rig, tmp_path, capsys):
-    assert cli.main(["ports"]) == 0  # every backend, or why it is unavailable (no ALSA sequencer here)
-    assert "pytest-synth:in" in capsys.readouterr().out
+    assert cli.main(["ports"]) == 0  # a JACK server runs: the backend is jack
+    out = capsys.readouterr().out
+    assert out.startswith("jack:") and "pytest-synth:in" in out
     assert cli.main(["ports", "--backend", "jack"]) == 0
     out = capsys.readouterr().out
     assert out.index("pytest-controller:out") < out.index("destinations") < out.index("pytest-synth:in")
@@ -350,12 +555,61 @@ def test_ports_and_send_commands(rig, tmp_path, capsys):
     voices = np.random.default_rng(1).integers(0, dx7.MAX.astype(int) + 1, (32, dx7.N_PARAMS)).astype(np.uint8)
     dx7.save_cartridge(tmp_path / "cart.syx", voices)
     dx7.save_single_voice(tmp_path / "one.syx", voices[3])
-    assert cli.main(["send", str(tmp_path / "cart.syx"), "--port", "pytest-synth", "--backend", "jack",
-                     "--channel", "4", "--gap", "0"]) == 0
-    assert "sent 32 voices (1 message, 4104 bytes) to pytest-synth:in" in capsys.readouterr().out
+    assert cli.main(["send", str(tmp_path / "cart.syx"), "--port", "pytest-synth", "--channel", "4",
+                     "--gap", "0"]) == 0
+    assert "sent 32 voices (1 message, 4104 bytes) to pytest-synth:in (jack)" in capsys.readouterr().out
     assert rig.wait_for(1) == [dx7.cartridge_message(voices, channel=3)]
     assert cli.main(["send", str(tmp_path / "one.syx"), "--port", "synth:in", "--backend", "rtmidi",
                      "--rtmidi-api", "UNIX_JACK", "--gap", "0"]) == 0
     assert rig.wait_for(2)[1:] == [dx7.single_voice_message(voices[3])]
     assert cli.main(["send", str(tmp_path / "one.syx"), "--port", "Dexed", "--backend", "jack"]) == 2
     assert "no MIDI destination matches 'Dexed'" in capsys.readouterr().err
+
+
+def test_the_backend_rule_and_what_a_failure_says(jack_server, tmp_path, monkeypatch, capfd):
+    assert live.choose_backend(None) == "jack" and live.choose_backend("rtmidi") == "rtmidi"
+    dx7.save_single_voice(tmp_path / "one.syx", np.zeros(dx7.N_PARAMS, np.uint8))
+    no_sequencer = not os.path.exists("/dev/snd/seq")
+    if no_sequencer:  # rtmidi's default API (ALSA) fails: the error says JACK is there
+        assert cli.main(["send", str(tmp_path / "one.syx"), "--port", "Dexed", "--backend", "rtmidi"]) == 2
+        err = capfd.readouterr().err
+        assert "rtmidi cannot open the system's MIDI" in err and "a JACK server is running: try --backend jack" in err
+        assert err.count("\n") == 1 and "ALSA lib" not in err, err
+
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", f"none-{uuid.uuid4().hex[:8]}")  # no JACK server
+    assert live.choose_backend(None) == "rtmidi"
+    for argv in (["send", str(tmp_path / "one.syx"), "--port", "Dexed"], ["ports"]):
+        status = cli.main(argv)
+        captured = capfd.readouterr()
+        assert "ALSA lib" not in captured.err + captured.out, captured
+        if no_sequencer:
+            assert status == 2 and captured.err.count("\n") == 1, captured.err
+            assert "rtmidi cannot open the system's MIDI" in captured.err
+            assert "start a JACK server (jackd or qjackctl) and use --backend jack" in captured.err
+    assert cli.main(["ports", "--backend", "jack"]) == 2
+    assert "cannot reach a JACK server: start one (jackd or qjackctl), or try --backend rtmidi" in capfd.readouterr().err
+
+
+def test_the_jack_server_going_away_is_a_clear_error(workdir, tmp_path, monkeypatch):
+    name = f"neuraldx7-gone-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    with open(tmp_path / "jackd.log", "w") as log:
+        server = start_jackd(name, log)
+    said = []
+
+    def stop_when_ready():
+        deadline = time.monotonic() + 300
+        while "ready; Ctrl-C stops" not in said and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop_jackd(server)
+
+    stopper = threading.Thread(target=stop_when_ready)
+    stopper.start()
+    try:
+        with pytest.raises(Error, match=r"the JACK server went away \(.+\); start it and run again"):
+            live.run(workdir, "jack", say=said.append)
+    finally:
+        stopper.join()
+        stop_jackd(server)
+    assert said[-1].startswith("sent 0 voices for 0 CCs")

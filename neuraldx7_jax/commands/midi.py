@@ -7,9 +7,9 @@ BACKEND_HELP = ("jack: a JACK client; rtmidi: the system's MIDI through rtmidi (
                 "Windows MM, or the API --rtmidi-api names)")
 
 
-def _backend_args(parser, default):
-    parser.add_argument("--backend", choices=("jack", "rtmidi"), default=default,
-                        help=f"{BACKEND_HELP} (default: {default or 'both'})")
+def _backend_args(parser):
+    parser.add_argument("--backend", choices=("jack", "rtmidi"),
+                        help=f"{BACKEND_HELP} (default: jack when a JACK server is running, else rtmidi)")
     parser.add_argument("--rtmidi-api", metavar="API",
                         help="rtmidi's API: jack, alsa, core or winmm (default: rtmidi's own for the system)")
 
@@ -18,27 +18,20 @@ def _backend_args(parser, default):
 def ports(parser):
     parser.description = (
         "List MIDI sources (controllers: use with tools/live.py --controller) and destinations "
-        "(synths: tools/live.py --synth, neuraldx7 send --port) of JACK and of rtmidi.")
-    _backend_args(parser, None)
+        "(synths: tools/live.py --synth, neuraldx7 send --port) of JACK when a JACK server is "
+        "running, else of rtmidi, or of the backend --backend names.")
+    _backend_args(parser)
 
     def run(args):
         from neuraldx7_jax import live
-        from neuraldx7_jax.errors import Error
 
-        for backend in [args.backend] if args.backend else list(live.BACKENDS):
-            title = backend + (f" ({args.rtmidi_api})" if backend == "rtmidi" and args.rtmidi_api else "")
-            try:
-                found = live.list_ports(backend, args.rtmidi_api)
-            except Error as e:
-                if args.backend:
-                    raise
-                print(f"{title}: unavailable ({e})")
-                continue
-            print(f"{title}:")
-            for kind in ("sources", "destinations"):
-                print(f"  {kind}:")
-                for name in found[kind] or ["(none)"]:
-                    print(f"    {name}")
+        found = live.list_ports(args.backend, args.rtmidi_api)
+        backend = found["backend"]
+        print(backend + (f" ({args.rtmidi_api})" if backend == "rtmidi" and args.rtmidi_api else "") + ":")
+        for kind in ("sources", "destinations"):
+            print(f"  {kind}:")
+            for name in found[kind] or ["(none)"]:
+                print(f"    {name}")
     return run
 
 
@@ -50,7 +43,7 @@ def send(parser):
     parser.add_argument("file", metavar="FILE", help="a .syx file, a headerless 4096-byte bank or a compact .bin")
     parser.add_argument("--port", required=True,
                         help="the synth's MIDI port: its name, a part of it, or a regex (see `neuraldx7 ports`)")
-    _backend_args(parser, "rtmidi")
+    _backend_args(parser)
     parser.add_argument("--channel", type=int, default=1, choices=range(1, 17), metavar="1-16",
                         help="MIDI channel written in the SysEx (default: 1)")
     parser.add_argument("--gap", type=float, default=0.1,
@@ -61,10 +54,10 @@ def send(parser):
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", dx7.FormatWarning)
-            n, messages, size, name = live.send_file(args.file, args.port, args.backend, args.rtmidi_api,
+            n, messages, size, backend, name = live.send_file(args.file, args.port, args.backend, args.rtmidi_api,
                                                      args.channel - 1, args.gap)
         for w in caught:
             print(f"warning: {w.message}")
         print(f"sent {n} voice{'s' * (n != 1)} ({messages} message{'s' * (messages != 1)}, "
-              f"{size} bytes) to {name}")
+              f"{size} bytes) to {name} ({backend})")
     return run
