@@ -16,7 +16,7 @@ FIRST, LAST = 32, 126  # printable ASCII: the characters a name may hold
 SYMBOLS = LAST - FIRST + 1  # 95
 START = SYMBOLS  # the context symbol before a name's first character
 LENGTH = dx7.NAME.stop - dx7.NAME.start  # 10
-BEAM = 16  # names kept per position by the beam search
+BEAM = 32  # names kept per position by the beam search: a free one for each voice of a cartridge
 # Interpolation weights of the trigram, bigram and unigram estimates, and a uniform floor.
 WEIGHTS = (0.7, 0.2, 0.09, 0.01)
 

@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -322,10 +323,10 @@ def sample_prior(model, count, temperature=0.0, seed=0, chunk=CHUNK, prior=None)
     return np.concatenate(chunks) if chunks else np.zeros((0, dx7.N_PARAMS), np.uint8)
 
 
-def decode(model, z, temperature=0.0, seed=0, chunk=CHUNK):
+def decode(model, z, temperature=0.0, seed=0, chunk=CHUNK, first_block=0):
     """Latents (B, Z) -> voices (B, 155) uint8 numpy; argmax at temperature 0. Row r uses the
-    value noise of row r of `sample_prior_chunks` with the same seed, so decoding its latents
-    gives its voices back."""
+    value noise of row r + BLOCK * first_block of `sample_prior_chunks` with the same seed, so
+    decoding its latents gives its voices back."""
     temperature = _check_temperature(temperature)
     z = np.asarray(z, np.float32)
     if z.ndim != 2 or z.shape[1] != model.config.model.latent:
@@ -333,8 +334,8 @@ def decode(model, z, temperature=0.0, seed=0, chunk=CHUNK):
     rows = _rows_per_call(len(z), chunk)
     fn, params, key = _decode_fn(model.config.model, temperature == 0), _replicated(model.params), _key_streams(seed)
     t = jnp.float32(temperature)
-    out = list(_stream(lambda s: fn(params, _rows_on_devices(z, s, rows), key["value"], s // BLOCK, t),
-                       len(z), rows))
+    out = list(_stream(lambda s: fn(params, _rows_on_devices(z, s, rows), key["value"], first_block + s // BLOCK,
+                                    t), len(z), rows))
     return np.concatenate(out) if out else np.zeros((0, dx7.N_PARAMS), np.uint8)
 
 
@@ -474,6 +475,8 @@ class Cartridge(NamedTuple):
     z: np.ndarray  # (32, Z) float32
     voices: np.ndarray  # (32, 155) uint8, named
     redrawn: dict  # {"silent": n, "duplicate": n, "training_copy": n}
+    rows: np.ndarray  # (32,) each voice's row in the seed's sample stream (its value noise)
+    kept: dict  # voices kept although they would be redrawn, by reason (only after MAX_CANDIDATES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -491,17 +494,22 @@ def name_voices(model, z, voices):
     return names.name_voices(voices, log_p, names.log_probabilities(model.training["name_trigrams"]))
 
 
+MAX_CANDIDATES = 64 * 32  # candidates one cartridge may skip; then it keeps what comes (`cartridges`)
+
+
 def cartridges(model, count=1, temperature=0.0, seed=0, prior=None, allow_silent=False, chunk=CHUNK):
     """Yields `count` Cartridges drawn from `prior` (`prior_of`) in the order of the seed's
     sample stream: a candidate voice is skipped ("redrawn") when `dx7.estimated_silent` calls
     it silent (unless `allow_silent`), when an earlier voice of this call has the same 145
     non-name values, or when a training voice does (the model's `training` facts). Cartridge i
-    depends only on the seed, the prior and the temperature, not on the count or the devices."""
+    depends only on the seed, the prior and the temperature, not on the count or the devices.
+    A model that cannot (its argmax voices repeat: a tiny or barely trained model) gets, once a
+    cartridge has skipped MAX_CANDIDATES, the next candidates as they come, counted in `kept`."""
     if count < 1:
         raise Error(f"the cartridge count must be positive, got {count}")
     keys = model.training["voice_keys"] if model.training is not None else np.zeros(0, np.uint64)
-    seen, redrawn = set(), dict(silent=0, duplicate=0, training_copy=0)
-    zs, kept = [], []
+    seen, redrawn, kept_anyway = set(), dict(silent=0, duplicate=0, training_copy=0), {}
+    zs, kept, rows, start = [], [], [], 0
     stream = sample_prior_chunks(model, 64 * count, temperature, seed, chunk, latents=True, prior=prior,
                                  endless=True)
     try:
@@ -512,20 +520,25 @@ def cartridges(model, count=1, temperature=0.0, seed=0, prior=None, allow_silent
             for i in range(len(voices)):
                 reason = ("silent" if silent[i] else "duplicate" if int(key[i]) in seen
                           else "training_copy" if copy[i] else None)
-                if reason:
+                if reason and sum(redrawn.values()) < MAX_CANDIDATES:
                     redrawn[reason] += 1
                     continue
+                if reason:
+                    kept_anyway[reason] = kept_anyway.get(reason, 0) + 1
                 seen.add(int(key[i]))
                 zs.append(z[i])
                 kept.append(voices[i])
+                rows.append(start + i)
                 if len(kept) == 32:
                     z32 = np.stack(zs)
-                    yield Cartridge(z32, name_voices(model, z32, np.stack(kept)), dict(redrawn))
-                    redrawn = dict.fromkeys(redrawn, 0)
-                    zs, kept = [], []
+                    yield Cartridge(z32, name_voices(model, z32, np.stack(kept)), dict(redrawn), np.array(rows),
+                                    kept_anyway)
+                    redrawn, kept_anyway = dict.fromkeys(redrawn, 0), {}
+                    zs, kept, rows = [], [], []
                     count -= 1
                     if not count:
                         return
+            start += len(voices)
     finally:
         stream.close()
 
@@ -747,12 +760,21 @@ def marginal_tv(voices, reference):
     return 0.5 * np.abs(a / max(len(voices), 1) - b / max(len(reference), 1)).sum(-1)
 
 
+def nearest_distances(voices, others, chunk=64):
+    """(n,) the Hamming distance over the 145 non-name values from each voice to the nearest of
+    `others` (0: a copy of one of them)."""
+    a, b = np.asarray(voices)[:, dx7.NON_NAME], np.asarray(others)[:, dx7.NON_NAME]
+    return np.concatenate([(a[i:i + chunk, None] != b[None]).sum(-1).min(1) for i in range(0, len(a), chunk)]
+                          or [np.zeros(0, np.int64)])
+
+
 def evaluate_voices(model, voices, training=None, reference=None):
     """Validity of each voice and, over the valid ones: the model's reconstruction accuracy
     (posterior mean, argmax), CE and -ELBO per parameter (nats; `train.evaluate`), beside the
     per-parameter marginal baseline of `training` voices (default: the value counts stored with
     the model; None without either); the estimated audible fraction (`dx7.estimated_silent`);
-    the names (`names.name_figures`, distinct names per 32-voice cartridge); and given
+    the names (`names.name_figures`, distinct names per 32-voice cartridge); given `training`
+    voices, the median distance to the nearest of them (`nearest_distances`); and given
     `reference` voices, the mean marginal TV over the 145 non-name parameters and the algorithm's."""
     voices = _check_voices(voices).astype(np.uint8)
     valid = dx7.is_valid(voices)
@@ -776,6 +798,8 @@ def evaluate_voices(model, voices, training=None, reference=None):
     carts = [names.name_figures(voices[i:i + 32])["distinct_names"] for i in range(0, len(voices) - 31, 32)]
     report["names"] = dict(names.name_figures(voices), distinct_names_per_cartridge=(
         float(np.mean(carts)) if carts else None))
+    if training is not None and len(training):
+        report["nearest_training_distance_median"] = float(np.median(nearest_distances(good, training)))
     if reference is not None and len(reference):
         tv = marginal_tv(good, reference)
         report["marginal_tv"] = dict(mean=float(tv[dx7.NON_NAME].mean()), algorithm=float(tv[dx7.ALG]),
@@ -791,7 +815,7 @@ def compute_features(model, voices, chunk=CHUNK):
                 mean=post["zk"].mean(0), std=post["zk"].std(0))
 
 
-PRIOR_DRAWS = 4  # posterior draws per training voice that the fitted prior is fitted to
+PRIOR_DRAWS = 1  # posterior draws per training voice that the fitted prior is fitted to
 
 
 def fit_training_prior(model, voices, draws=PRIOR_DRAWS, floor=0.0, name="fitted", seed=0):

@@ -141,6 +141,22 @@ def _temperature(query):
     return t
 
 
+def _like(query):
+    """`like=SEED:INDEX` (voice INDEX of cartridge SEED at the same temperature) -> (seed, index)."""
+    text = _one(query, "like")
+    if text is None:
+        return None
+    match = re.fullmatch(r"([0-9]{1,10}):([0-9]{1,2})", text)
+    if not match or int(match[1]) > MAX_SEED or not 1 <= int(match[2]) <= CARTRIDGE:
+        raise BadRequest(f"bad like {text!r}: expected SEED:INDEX, a seed in 0..{MAX_SEED} and a voice "
+                         f"in 1..{CARTRIDGE}")
+    return int(match[1]), int(match[2])
+
+
+def _like_text(like):
+    return None if like is None else f"{like[0]}:{like[1]}"
+
+
 def _latent(query, latent):
     text = _one(query, "z")
     if text is None:
@@ -168,11 +184,11 @@ class App:
 
     ROUTES = {  # path -> (method, query parameters it takes)
         "/api/info": ("info", ()),
-        "/api/cartridge": ("cartridge", ("seed", "temperature")),
-        "/api/cartridge.syx": ("cartridge_syx", ("seed", "temperature")),
-        "/api/voice": ("voice_json", ("seed", "temperature", "index", "z")),
-        "/api/voice.wav": ("voice_wav", ("seed", "temperature", "index", "z", "note")),
-        "/api/voice.syx": ("voice_syx", ("seed", "temperature", "index", "z")),
+        "/api/cartridge": ("cartridge", ("seed", "temperature", "like")),
+        "/api/cartridge.syx": ("cartridge_syx", ("seed", "temperature", "like")),
+        "/api/voice": ("voice_json", ("seed", "temperature", "index", "z", "like")),
+        "/api/voice.wav": ("voice_wav", ("seed", "temperature", "index", "z", "note", "like")),
+        "/api/voice.syx": ("voice_syx", ("seed", "temperature", "index", "z", "like")),
     }
 
     def __init__(self, model, audio=None, cache_size=64):
@@ -185,30 +201,35 @@ class App:
         self._render_lock = threading.Lock()  # `audio` keeps one Dexed synth per rate: renders take turns
         self._static = {"/": WEB / "index.html", **{f"/{p.name}": p for p in WEB.iterdir() if p.suffix in _TYPES}}
         for temperature in (0.0, 1.0):  # compile: greedy and sampled, prior and decode
-            z, _ = self.cartridge_voices(0, temperature)
-            self.voice(0, temperature, 1, z[0])
+            cart = self.cartridge_voices(0, temperature)
+            self.voice(0, temperature, 1, cart.z[0])
 
     # The model's side: everything from (seed, temperature, index, latent).
 
-    def cartridge_voices(self, seed, temperature):
-        """(z (32, Z) float32, voices (32, 155) uint8) of cartridge (seed, temperature): what
-        `neuraldx7 generate --seed SEED --temperature T` writes."""
+    def cartridge_voices(self, seed, temperature, like=None):
+        """The `sample.Cartridge` (seed, temperature): what `neuraldx7 generate --seed SEED
+        --temperature T` writes; with `like` (seed, index), new voices near voice `index` of
+        cartridge (seed, temperature), as `generate --like` draws them ("more like this")."""
         def make():
-            (z, voices), = sample.sample_prior_chunks(self.model, CARTRIDGE, temperature, seed,
-                                                      chunk=CARTRIDGE, latents=True)
-            return z, sample.clean_names(voices)
-        return self._cartridges.get((seed, temperature), make)
+            prior = None
+            if like is not None:
+                voice = self.cartridge_voices(like[0], temperature).voices[like[1] - 1]
+                prior = sample.like_prior(self.model, voice[None], seed)
+            return next(sample.cartridges(self.model, 1, temperature, seed, prior))
+        return self._cartridges.get((seed, temperature, like), make)
 
-    def voice(self, seed, temperature, index, z=None):
-        """(z, voice) of voice `index` (1-32) of cartridge (seed, temperature) or, given `z`, of
-        that voice moved to latent z: decoded with the same value noise (row `index` of the
-        seed's first block), so its own latent gives the voice back exactly."""
-        if z is None:
-            zs, voices = self.cartridge_voices(seed, temperature)
-            return zs[index - 1], voices[index - 1]
+    def voice(self, seed, temperature, index, z=None, like=None):
+        """(z, voice) of voice `index` (1-32) of cartridge (seed, temperature, like) or, given `z`,
+        of that voice moved to latent z: decoded with the same value noise (its row in the seed's
+        sample stream) and named from z, so its own latent gives the voice back exactly."""
+        cart = self.cartridge_voices(seed, temperature, like)
+        if z is None or np.array_equal(z, cart.z[index - 1]):
+            return cart.z[index - 1], cart.voices[index - 1]
         z = np.asarray(z, np.float32)
+        row = int(cart.rows[index - 1])
         rows = np.repeat(z[None], CARTRIDGE, axis=0)  # (32, Z): one compiled shape
-        return z, sample.clean_names(sample.decode(self.model, rows, temperature, seed, chunk=CARTRIDGE))[index - 1]
+        voice = sample.decode(self.model, rows, temperature, seed, CARTRIDGE, row // CARTRIDGE)[row % CARTRIDGE]
+        return z, sample.name_voices(self.model, z[None], voice[None])[0]
 
     def wav(self, voice, note):
         """WAV bytes of one note of `voice` rendered through Dexed (the `audio` extra)."""
@@ -253,23 +274,24 @@ class App:
 
     def cartridge(self, query):
         seed = _whole(query, "seed", 0, MAX_SEED) if "seed" in query else secrets.randbelow(2 ** 31)
-        temperature = _temperature(query)
-        z, voices = self.cartridge_voices(seed, temperature)
-        return _json({"seed": seed, "temperature": temperature,
-                      "voices": [describe(i + 1, v) for i, v in enumerate(voices)],
-                      "latents": z.astype(np.float64).tolist()})
+        temperature, like = _temperature(query), _like(query)
+        cart = self.cartridge_voices(seed, temperature, like)
+        return _json({"seed": seed, "temperature": temperature, "like": _like_text(like),
+                      "redrawn": cart.redrawn, "voices": [describe(i + 1, v) for i, v in enumerate(cart.voices)],
+                      "latents": cart.z.astype(np.float64).tolist()})
 
     def cartridge_syx(self, query):
-        seed, temperature = _whole(query, "seed", 0, MAX_SEED), _temperature(query)
-        _, voices = self.cartridge_voices(seed, temperature)
+        seed, temperature, like = _whole(query, "seed", 0, MAX_SEED), _temperature(query), _like(query)
+        voices = self.cartridge_voices(seed, temperature, like).voices
+        near = f"_like{like[0]}-{like[1]}" if like else ""
         return Response(200, "application/octet-stream", dx7.cartridge_message(voices),
-                        _attachment(f"neuraldx7_seed{seed}_t{temperature:g}.syx"))
+                        _attachment(f"neuraldx7_seed{seed}_t{temperature:g}{near}.syx"))
 
     def _voice_request(self, query):
         seed, temperature = _whole(query, "seed", 0, MAX_SEED), _temperature(query)
-        index = _whole(query, "index", 1, CARTRIDGE)
-        z, voice = self.voice(seed, temperature, index, _latent(query, self.latent))
-        return dict(seed=seed, temperature=temperature, index=index), z, voice
+        index, like = _whole(query, "index", 1, CARTRIDGE), _like(query)
+        z, voice = self.voice(seed, temperature, index, _latent(query, self.latent), like)
+        return dict(seed=seed, temperature=temperature, index=index, like=_like_text(like)), z, voice
 
     def voice_json(self, query):
         request, z, voice = self._voice_request(query)

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from neuraldx7_jax import dx7
 from neuraldx7_jax import config as config_lib
@@ -186,13 +186,19 @@ def load_checkpoint(path, step=None):
     directory = _checkpoint_dir(path)
     if not directory.is_dir():
         raise Error(f"{path}: no such checkpoint directory")
+    handlers = dict(params=ocp.StandardCheckpointHandler(), opt_state=ocp.StandardCheckpointHandler(),
+                    meta=ocp.JsonCheckpointHandler())
     try:
-        with ocp.CheckpointManager(directory, item_names=("params", "meta")) as mngr:
+        with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
             step = mngr.latest_step() if step is None else step
             if step is None:
                 raise Error(f"{path}: no checkpoint found in {directory}")
+            # onto this process's first device, whatever devices the run that saved it had
+            here = SingleDeviceSharding(jax.devices()[0])
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                                  mngr.item_metadata(step)["params"])
             restored = mngr.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+                params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         meta = restored["meta"]
         return Config.from_dict(meta["config"]), restored["params"], meta
     except Error:

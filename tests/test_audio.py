@@ -163,3 +163,27 @@ def test_render_command_errors(shared_data, tmp_path, capsys):
     assert cli.main(["render", str(junk), "--out-dir", str(tmp_path)]) == 2
     assert "junk.syx" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.wav"))
+
+
+def _silent_in_dexed(voices):
+    return np.array([audio.loudness(audio.render(v))["rms_dbfs"] <= dx7.SILENCE_DBFS for v in voices])
+
+
+def _precision_recall(truth, estimate):
+    hits = int((truth & estimate).sum())
+    return hits / max(int(estimate.sum()), 1), hits / max(int(truth.sum()), 1)
+
+
+def test_the_loudness_estimate_tells_silent_voices_as_dexed_does(dexed, shared_data):
+    """Precision and recall of "silent" (<= -60 dBFS at C4) of the parameter-only estimate against
+    Dexed renders, on 4,000 real voices and on 1,024 samples of the bundled model under N(0, I)
+    (which makes many silent ones). Measured when written: real 0.949 / 0.974 (38 silent),
+    generated 1.0 / 0.95 (docs/audio.md has the figures and what the estimate leaves out)."""
+    from neuraldx7_jax import sample
+    real = dx7.load(shared_data / "compact-train.bin")
+    real = real[dx7.is_valid(real)][:4000]
+    generated = sample.sample_prior(sample.load_model(None), 1024, seed=0, prior="standard")
+    for voices in (real, generated):
+        truth = _silent_in_dexed(voices)
+        precision, recall = _precision_recall(truth, dx7.estimated_silent(voices))
+        assert truth.sum() >= 20 and precision >= 0.9 and recall >= 0.9, (truth.sum(), precision, recall)

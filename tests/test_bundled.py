@@ -16,3 +16,23 @@ def test_bundled_model_is_the_bundled_preset_with_a_features_summary():
     assert model.config == config.bundled()
     mean, std = live.latent_summary(model)
     assert mean.shape == std.shape == (model.config.model.latent,) and np.all(std > 0)
+
+
+def test_bundled_model_ships_its_prior_and_training_facts_and_no_machine_path():
+    model = sample.load_model()
+    assert sample.prior_of(model).name == "fitted"
+    assert model.training["value_counts"].sum() == dx7.N_PARAMS * int(model.training["count"])
+    assert "/" not in (model.meta["dataset"]["path"] or "") and "/" not in model.features["dataset"]
+
+
+def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
+    """`--like` samples sit closer to the voices they are like than default samples do (median
+    distance to the nearest of them, 145 values)."""
+    rom = shared_data / "factory" / "rom1a.syx"
+    for name, extra in (("like", ["--like", str(rom)]), ("default", [])):
+        assert cli.main(["generate", "--out", str(tmp_path / f"{name}.syx"), *extra]) == 0
+    capsys.readouterr()
+    ours = dx7.load(rom)
+    distance = {name: np.median(sample.nearest_distances(dx7.load(tmp_path / f"{name}.syx"), ours))
+                for name in ("like", "default")}
+    assert distance["like"] < distance["default"], distance

@@ -16,6 +16,7 @@ def trained(shared_data, tmp_path_factory):
     data.build_dataset([shared_data / "factory"], root / "data.npz", validation_fraction=0.0, progress=False)
     train.train_and_evaluate(config.test(), root / "data.npz", root / "work", steps=20,
                              checkpoint_every=20, eval_every=20, progress=False)
+    sample.write_features(sample.load_model(root / "work"), root / "data.npz")  # as `train` does at its end
     return root / "work", root / "data.npz"
 
 
@@ -83,9 +84,21 @@ def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
 
 def test_a_tiny_temperature_is_the_argmax_in_generate(trained, tmp_path, capsys):
     work, _ = trained
-    for t in (0, 1e-40):
-        assert run(capsys, "generate", "--out", tmp_path / f"{t}.syx", "--temperature", t, "--checkpoint", work)[0] == 0
-    assert (tmp_path / "1e-40.syx").read_bytes() == (tmp_path / "0.syx").read_bytes()
+    answers = [run(capsys, "generate", "--out", tmp_path / "c.syx", "--temperature", t, "--allow-silent",
+                   "--checkpoint", work) for t in (0, 1e-40)]
+    assert answers[0] == answers[1]  # the same file, or (the tiny model's argmax repeats itself) the same error
+
+
+def test_a_model_without_32_usable_voices_says_what_it_kept(trained, tmp_path, capsys, monkeypatch):
+    work, _ = trained
+    monkeypatch.setattr(sample, "MAX_CANDIDATES", 40)  # a cap the tiny model reaches quickly
+    model = sample.load_model(work)
+    every = next(sample.cartridges(model, 1, 1.0, seed=1))
+    facts = sample.training_facts(every.voices)  # as if all it makes were training voices
+    cart = next(sample.cartridges(model._replace(training=facts), 1, 1.0, seed=1))
+    assert sum(cart.redrawn.values()) == 40 and sum(cart.kept.values()) > 0 and "training_copy" in cart.kept
+    code, out, _ = run(capsys, "generate", "--out", tmp_path / "c.syx", "--temperature", 0, "--checkpoint", work)
+    assert code == 0 and ("note: after 40 candidates it kept" in out) == ("redrew 40" in out)
 
 
 def test_a_bad_destination_fails_before_the_model_loads(tmp_path, capsys):
@@ -107,8 +120,15 @@ def test_features(trained, tmp_path, capsys):
     assert code == 0 and "features.json" in out
     summary = json.loads(sample.features_path(work).read_text())
     n = sum(len(data.load_dataset(dataset)[s]) for s in data.SPLITS)
-    assert summary["count"] == n and summary["dataset"] == str(dataset.absolute())
-    assert sample.load_model(work / "checkpoints").features == summary
+    assert summary["count"] == n and summary["dataset"] == dataset.name  # no machine path is stored
+    model = sample.load_model(work / "checkpoints")
+    assert model.features == summary
+    latent = config.test().model.latent
+    prior = sample.prior_of(model)
+    assert prior.name == "fitted" and prior.mean.shape == (latent,) and prior.chol.shape == (latent, latent)
+    train_voices = data.load_dataset(dataset)["train"]
+    np.testing.assert_array_equal(model.training["value_counts"], sample.value_counts(train_voices))
+    assert len(model.training["voice_keys"]) == len(np.unique(train_voices[:, dx7.NON_NAME], axis=0))
     feats = np.load(tmp_path / "f.npz")
     assert feats["zk"].shape == (n, config.test().model.latent)
     np.testing.assert_allclose(feats["mean"], summary["mean"], rtol=1e-6)
@@ -140,10 +160,45 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
     assert report["invalid"] == [dict(index=4, name=dx7.voice_name(voices[3]), out_of_range=["OP6 R1=120"])]
     assert 0 <= report["model"]["reconstruction_accuracy"] <= 1
     assert report["model"]["neg_elbo_per_param"] > 0 and report["baseline"]["ce_per_param"] > 0
-    assert report["dataset"] == str(dataset.absolute())
+    assert report["dataset"] is None  # the baseline's counts are stored with the model
+    code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--json", "--data", dataset, "--checkpoint", work)
+    assert json.loads(out)["baseline"] == report["baseline"] and json.loads(out)["dataset"] == str(dataset)
+    assert 0 <= report["estimated_audible_fraction"] <= 1 and report["names"]["names"] == 5
     code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--checkpoint", work)
     assert code == 0 and "5 voices, 4 valid" in out and "OP6 R1=120" in out
-    assert "accuracy" in out and "baseline" in out
+    assert "accuracy" in out and "baseline" in out and "audible at C4 (estimated)" in out
+    rom = shared_data / "factory"
+    code, out, _ = run(capsys, "evaluate", rom / "rom1a.syx", rom / "rom1b.syx", "--reference", rom / "rom2a.syx",
+                       "--json", "--checkpoint", work)
+    report = json.loads(out)
+    assert report["count"] == 64 and report["names"]["distinct_names_per_cartridge"] == 1.0
+    tv = sample.marginal_tv(np.concatenate([dx7.load(rom / "rom1a.syx"), dx7.load(rom / "rom1b.syx")]),
+                            dx7.load(rom / "rom2a.syx"))
+    assert report["marginal_tv"] == dict(mean=pytest.approx(tv[:145].mean()), algorithm=pytest.approx(tv[dx7.ALG]),
+                                         reference_voices=32)
+
+
+def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
+    work, dataset = trained
+    rom = shared_data / "factory" / "rom1a.syx"
+    code, out, _ = run(capsys, "generate", "--out", tmp_path / "brass.syx", "--like", rom, "--name", "BRASS",
+                       "--checkpoint", work)
+    brass = [v for v in dx7.load(rom) if "BRASS" in dx7.voice_name(v)]
+    assert code == 0 and f"near {len(brass)} voice(s)" in out and "like prior" in out
+    like = dx7.load(tmp_path / "brass.syx")
+    code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
+    assert code == 0 and "standard prior" in out
+    model = sample.load_model(work)
+    expected = next(sample.cartridges(model, 1, 0.0, 0, sample.like_prior(model, np.asarray(brass), 0)))
+    np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
+    standard = next(sample.cartridges(model, 1, 0.0, 0, "standard"))
+    np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)
+    for argv, message in [(["--name", "BRASS"], "give --like too"),
+                          (["--like", rom, "--prior", "standard"], "give one"),
+                          (["--like", rom, "--name", "NOSUCHNAME"], "no valid voices"),
+                          (["--like", rom, "--name", "("], "bad --name pattern")]:
+        code, _, err = run(capsys, "generate", "--out", tmp_path / "x.syx", *argv, "--checkpoint", work)
+        assert code == 2 and message in err, err
 
 
 def test_audio_figures_of_duplicates_and_evaluate(trained, shared_data, dexed, capsys):

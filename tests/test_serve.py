@@ -122,6 +122,8 @@ def reference_wav(voice):
     ("/api/voice?seed=1&index=2&z=1e39,0,0,0", 400, "finite float32"),
     ("/api/voice.wav?seed=1&index=2&note=128", 400, "bad note"),
     ("/api/voice?seed=1&index=2&sed=3", 400, "unknown parameter sed"),
+    ("/api/cartridge?seed=1&like=3", 400, "bad like"),
+    ("/api/cartridge?seed=1&like=3:33", 400, "bad like"),
     ("/api/nothing", 404, "no such page"),
     ("/../pyproject.toml", 404, "no such page"),
     ("/serve.py", 404, "no such page"),
@@ -281,6 +283,20 @@ def test_answers_are_those_of_the_library(url, model, tmp_path):
     voice = get_json(url + f"api/voice?seed=1&index=4&z={','.join(map(str, moved))}")
     expected = sample.clean_names(sample.decode(model, np.float32([moved]), 0.0))[0]  # argmax, as live control
     assert voice["values"] == expected.tolist() and voice["name"] == dx7.voice_name(expected)
+
+
+def test_more_like_this_is_generate_like(url, app, model):
+    """`like=SEED:INDEX` is a cartridge near voice INDEX of cartridge SEED, as `generate --like` draws it."""
+    source = app.cartridge_voices(3, 0.0).voices[6]
+    got = get_json(url + "api/cartridge?seed=8&like=3:7")
+    assert got["like"] == "3:7"
+    expected = next(sample.cartridges(model, 1, 0.0, 8, sample.like_prior(model, source[None], 8)))
+    assert [v["name"] for v in got["voices"]] == [dx7.voice_name(v) for v in expected.voices]
+    np.testing.assert_allclose(got["latents"], expected.z, rtol=1e-6)
+    status, _, body = get(url + "api/cartridge.syx?seed=8&like=3:7")
+    assert status == 200 and body == dx7.cartridge_message(expected.voices)
+    voice = get_json(url + "api/voice?seed=8&like=3:7&index=2")
+    assert voice["values"] == expected.voices[1].tolist()
 
 
 def test_an_omitted_seed_is_drawn_and_returned(url):

@@ -15,6 +15,7 @@ flags.DEFINE_integer("batch", None, "voices per device call (default: 256 on CPU
 flags.DEFINE_float("temperature", 0.0, "0 = argmax, > 0 samples softmax(logits / T)")
 flags.DEFINE_integer("seed", 0, "random seed")
 flags.DEFINE_string("data", None, "training dataset .npz for novelty (default: the checkpoint's)")
+flags.DEFINE_enum("prior", None, ["fitted", "standard"], "where latents are drawn (default: fitted when the model has one)")
 FLAGS = flags.FLAGS
 
 
@@ -22,7 +23,8 @@ def main(argv):
     del argv
     model = sample.load_model(FLAGS.checkpoint)
     training, path, why = sample.training_voices(model, FLAGS.data)
-    result = sample.duplicates_study(model, FLAGS.samples, FLAGS.batch, FLAGS.temperature, FLAGS.seed, training)
+    result = sample.duplicates_study(model, FLAGS.samples, FLAGS.batch, FLAGS.temperature, FLAGS.seed, training,
+                                     prior=FLAGS.prior)
     print(json.dumps(dict(result, dataset=path, note=why)))
 
 

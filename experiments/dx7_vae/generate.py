@@ -5,13 +5,15 @@
 """
 from absl import app, flags
 
-from neuraldx7_jax import sample
+from neuraldx7_jax import dx7, sample
 
 flags.DEFINE_string("checkpoint", None, "work directory or checkpoints/ folder (default: the bundled model)")
 flags.DEFINE_string("out", None, "the .syx to write; numbered OUT_001.syx ... when --count > 1")
 flags.DEFINE_integer("count", 1, "number of cartridges")
 flags.DEFINE_float("temperature", 0.0, "0 = argmax, > 0 samples softmax(logits / T)")
 flags.DEFINE_integer("seed", 0, "random seed")
+flags.DEFINE_enum("prior", None, ["fitted", "standard"], "where latents are drawn (default: fitted when the model has one)")
+flags.DEFINE_bool("allow_silent", False, "keep voices whose estimated loudness is silent")
 flags.mark_flag_as_required("out")
 FLAGS = flags.FLAGS
 
@@ -19,8 +21,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     model = sample.load_model(FLAGS.checkpoint)
-    for path, names in sample.generate_cartridges(model, FLAGS.out, FLAGS.count, FLAGS.temperature, FLAGS.seed):
-        print(f"wrote {path}: {', '.join(map(repr, names))}")
+    for path, cart in sample.generate_cartridges(model, FLAGS.out, FLAGS.count, FLAGS.temperature, FLAGS.seed,
+                                                 prior=FLAGS.prior, allow_silent=FLAGS.allow_silent):
+        print(f"wrote {path}: redrew {cart.redrawn}: {', '.join(dx7.voice_name(v) for v in cart.voices)}")
 
 
 if __name__ == "__main__":

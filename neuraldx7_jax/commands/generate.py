@@ -83,6 +83,10 @@ def generate(parser):
             redrawn = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cart.redrawn.items() if n)
             print(f"wrote {path}: 32 voices from the {prior.name} prior"
                   + (f"; redrew {sum(cart.redrawn.values())} ({redrawn})" if redrawn else ""))
+            if cart.kept:
+                print(f"note: after {sample.MAX_CANDIDATES} candidates it kept "
+                      + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cart.kept.items())
+                      + " voice(s): the model gives too few usable ones (try a temperature above 0)")
             print(dx7.voice_table(cart.voices))
     return run
 
@@ -290,6 +294,8 @@ def evaluate(parser):
         n = report["names"]
         print(f"names: distinct per cartridge {n['distinct_names_per_cartridge'] or n['distinct_names']:.1%}, "
               f"with a run of 3+ letters {n['letter_run_fraction']:.1%}")
+        if "nearest_training_distance_median" in report:
+            print(f"nearest training voice: median {report['nearest_training_distance_median']:g} of 145 values apart")
         if "marginal_tv" in report:
             tv = report["marginal_tv"]
             print(f"marginal TV vs {args.reference} ({tv['reference_voices']} voices): mean {tv['mean']:.3f}, "

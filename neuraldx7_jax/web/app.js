@@ -36,7 +36,9 @@ function randomSeed() {
 }
 
 function cartridgeParams() {
-  return { seed: state.cart.seed, temperature: state.cart.temperature };
+  const params = { seed: state.cart.seed, temperature: state.cart.temperature };
+  if (state.cart.like) params.like = state.cart.like;  // "more like this": SEED:INDEX of the source voice
+  return params;
 }
 
 function voiceParams(index, z) {
@@ -52,11 +54,12 @@ function play(params) {
   player.play().catch(() => {});  // a browser may refuse to start sound before the first click
 }
 
-async function loadCartridge(seed, temperature, how) {
+async function loadCartridge(seed, temperature, how, like = null) {
   status("sampling...");
   const generation = ++state.generation;
   const params = { temperature };
   if (seed !== null) params.seed = seed;
+  if (like) params.like = like;
   let cart;
   try {
     cart = await api("/api/cartridge", params);
@@ -73,7 +76,7 @@ async function loadCartridge(seed, temperature, how) {
   if (how === "push") history.pushState(null, "", address);
   else history.replaceState(null, "", address);
   showVoices();
-  status(`seed ${cart.seed}, temperature ${cart.temperature}`);
+  status(`seed ${cart.seed}, temperature ${cart.temperature}` + (cart.like ? `, like voice ${cart.like}` : ""));
   if (state.selected !== null) await select(state.selected);
 }
 
@@ -196,7 +199,8 @@ async function decode() {
 function fromAddress() {
   const params = new URLSearchParams(location.search);
   const seed = params.get("seed");
-  return { seed: seed === null ? randomSeed() : seed, temperature: params.get("temperature") ?? "0" };
+  return { seed: seed === null ? randomSeed() : seed, temperature: params.get("temperature") ?? "0",
+           like: params.get("like") };
 }
 
 async function start() {
@@ -227,12 +231,14 @@ async function start() {
     buildSliders();
     decode();
   });
+  $("more-like").addEventListener("click", () => loadCartridge(
+    randomSeed(), state.cart.temperature, "push", `${state.cart.seed}:${state.selected}`));
   window.addEventListener("popstate", () => {
-    const { seed, temperature } = fromAddress();
-    loadCartridge(seed, temperature, "replace");
+    const { seed, temperature, like } = fromAddress();
+    loadCartridge(seed, temperature, "replace", like);
   });
-  const { seed, temperature } = fromAddress();
-  await loadCartridge(seed, temperature, "replace");
+  const { seed, temperature, like } = fromAddress();
+  await loadCartridge(seed, temperature, "replace", like);
 }
 
 start();
