@@ -31,6 +31,11 @@ def _print_cartridge(path, voices):
     print(dx7.voice_table(voices))
 
 
+def _counts(reasons):
+    """{"training_copy": 2, "silent": 0} -> "2 training copy": the reasons a voice was skipped."""
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in reasons.items() if n)
+
+
 def _prior(parser):
     parser.add_argument("--prior", choices=sample.PRIORS,
                         help="where latents are drawn: 'fitted', the density of the training set's "
@@ -80,13 +85,12 @@ def generate(parser):
             print(f"near {len(like)} voice(s) of {', '.join(args.like)}")
         for path, cart in sample.generate_cartridges(model, args.out, args.count, args.temperature, args.seed,
                                                      prior=prior, allow_silent=args.allow_silent):
-            redrawn = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cart.redrawn.items() if n)
+            redrawn = _counts(cart.redrawn)
             print(f"wrote {path}: 32 voices from the {prior.name} prior"
                   + (f"; redrew {sum(cart.redrawn.values())} ({redrawn})" if redrawn else ""))
             if cart.kept:
-                print(f"note: after {sample.MAX_CANDIDATES} candidates it kept "
-                      + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in cart.kept.items())
-                      + " voice(s): the model gives too few usable ones (try a temperature above 0)")
+                print(f"note: after {sample.MAX_CANDIDATES} candidates it kept {_counts(cart.kept)} voice(s): "
+                      "the model gives too few usable ones (try a temperature above 0)")
             print(dx7.voice_table(cart.voices))
     return run
 
