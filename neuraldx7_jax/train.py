@@ -259,11 +259,17 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     if mngr.latest_step() is not None:
         start = mngr.latest_step()
         saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        ours = dict(config=json.loads(json.dumps(cfg.to_dict())), seed=seed)
-        diff = [f"{k}: saved {saved[k]}, now {ours[k]}" for k in ours if saved[k] != ours[k]]
+        ours = json.loads(json.dumps(cfg.to_dict()))
+        was = saved["config"]["train"]["decay_steps"]
+        if cfg.train.decay_steps > was and cfg.train.lr_schedule == "cosine":  # a longer schedule
+            saved["config"]["train"]["decay_steps"] = cfg.train.decay_steps
+            announce(f"the cosine schedule now ends at step {cfg.train.decay_steps} (was {was}): the "
+                     f"learning rate rises again from step {start} (a warm restart)")
+        diff = [f"{k}: saved {saved[k]}, now {v}" for k, v in (("config", ours), ("seed", seed))
+                if saved[k] != v]
         if diff:
             raise Error(f"{workdir} holds a run with another config or seed ({'; '.join(diff)}); "
-                        "resume it without --config, or use a new --workdir")
+                        "resume it without --config (a longer --decay-steps is allowed), or use a new --workdir")
         restored = mngr.restore(start, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(state.params), opt_state=ocp.args.StandardRestore(state.opt_state)))
         state = state.replace(step=jnp.asarray(start), params=restored["params"], opt_state=restored["opt_state"])

@@ -26,7 +26,7 @@ OPTIONS = (
     Option("learning_rate", float, None, "peak AdamW learning rate"),
     Option("warmup_steps", int, None, "linear learning-rate warm-up steps"),
     Option("lr_schedule", str, None, "learning-rate schedule", ("constant", "cosine")),
-    Option("decay_steps", int, None, "length of the cosine schedule in steps"),
+    Option("decay_steps", int, None, "length of the cosine schedule in steps; a larger value on resuming lengthens it (a warm restart)"),
     Option("set", list, [], "any other config field as SECTION.FIELD=VALUE, e.g. model.features=256 "
            "or train.masked_ce=true (repeatable)"),
     Option("seed", int, 0, "seed of the initialisation, noise and data order"),
