@@ -68,6 +68,25 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
         train.train_and_evaluate(config.small(), dataset, tmp_path / "b", 13)
 
 
+def test_a_longer_decay_on_resuming_restarts_a_finished_cosine_run(dataset, tmp_path):
+    """A cosine run ends at learning rate 0, so continuing it with a larger --steps alone leaves the
+    weights where they are; a longer --decay-steps lengthens the schedule and training moves on."""
+    common = ["--data", str(dataset), "--log-every", "1", "--eval-every", "100", "--checkpoint-every", "6"]
+    norms = {}
+    for name, more in (("same", []), ("longer", ["--decay-steps", "12"])):
+        workdir = str(tmp_path / name)
+        assert cli.main(["train", *common, "--workdir", workdir, "--steps", "6", "--config", "test",
+                         "--lr-schedule", "cosine", "--decay-steps", "6"]) == 0
+        assert cli.main(["train", *common, "--workdir", workdir, "--steps", "9", *more]) == 0
+        records = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")]
+        norms[name] = [r["param_norm"] for r in records if r["split"] == "train" and r["step"] >= 7]
+    assert len(set(norms["same"])) == 1 and len(set(norms["longer"])) == 3
+    assert json.load(open(tmp_path / "longer" / "checkpoints" / "9" / "meta" / "metadata"))[
+        "config"]["train"]["decay_steps"] == 12
+    assert cli.main(["train", *common, "--workdir", str(tmp_path / "longer"), "--steps", "10",
+                     "--decay-steps", "8"]) == 2  # a shorter schedule is another run
+
+
 def test_a_resumed_run_logs_each_step_once(dataset, tmp_path):
     """A run that stopped after its last checkpoint (step 5) had logged steps 6 and 7; resuming
     from step 5 logs them again, so the earlier records of those steps go."""
