@@ -4,6 +4,7 @@ A work directory holds `checkpoints/<step>/` (orbax: params, optimizer state, an
 `meta` JSON with the config and dataset facts) and `metrics.jsonl`. Running again
 with the same work directory resumes exactly where the last checkpoint stopped.
 """
+import dataclasses
 import functools
 import json
 import math
@@ -235,11 +236,13 @@ def resolve_config(workdir, preset=None, overrides=(), **train_fields):
 
 
 def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_every=1000, keep=3,
-                       eval_every=1000, log_every=50, progress=True, announce=None):
+                       eval_every=1000, log_every=50, progress=True, announce=None, init_from=None):
     """Trains `cfg` on the dataset .npz `data` for `steps` steps in `workdir`, resuming from its
-    latest checkpoint if there is one. Returns the last evaluation metrics, or None when the run
-    is already at `steps` or beyond. `announce(line)`, if given, hears what happens between steps
-    (compilation, a finished run)."""
+    latest checkpoint if there is one. A new run starts from the parameters of the trained model
+    `init_from` (a checkpoint path, or "bundled"), if given, with a fresh optimizer and schedules
+    (step 0: warm-up, cosine and KL annealing start again); its model config must be `cfg.model`.
+    Returns the last evaluation metrics, or None when the run is already at `steps` or beyond.
+    `announce(line)`, if given, hears what happens between steps (compilation, a finished run)."""
     announce = announce or (lambda line: None)
     from neuraldx7_jax import data as data_lib
 
@@ -273,6 +276,9 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
         restored = mngr.restore(start, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(state.params), opt_state=ocp.args.StandardRestore(state.opt_state)))
         state = state.replace(step=jnp.asarray(start), params=restored["params"], opt_state=restored["opt_state"])
+    elif init_from is not None:
+        state, meta["init_from"] = _init_from(state, cfg, init_from), str(init_from)
+        announce(f"starting from the parameters of {init_from} (fresh optimizer and schedules)")
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     state = jax.device_put(state, replicated)
@@ -326,6 +332,19 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     mngr.close()
     log.close()
     return last_eval
+
+
+def _init_from(state, cfg, path):
+    """`state` with the parameters of the trained model at `path` ("bundled": the bundled model)."""
+    from neuraldx7_jax.sample import BUNDLED
+    saved_cfg, params, _ = load_checkpoint(BUNDLED if str(path) == "bundled" else path)
+    if saved_cfg.model != cfg.model:
+        ours, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(saved_cfg.model)
+        diff = "; ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if ours[k] != theirs[k])
+        raise Error(f"{path}: its model config differs from this run's ({diff}); give the --config "
+                    "and --set model.* options it was trained with")
+    params = jax.tree.map(lambda ours, theirs: jnp.asarray(theirs, ours.dtype), state.params, params)
+    return state.replace(params=params)
 
 
 def _metrics_log(path, start):

@@ -29,6 +29,9 @@ OPTIONS = (
     Option("decay_steps", int, None, "length of the cosine schedule in steps; a larger value on resuming lengthens it (a warm restart)"),
     Option("set", list, [], "any other config field as SECTION.FIELD=VALUE, e.g. model.features=256 "
            "or train.masked_ce=true (repeatable)"),
+    Option("init_from", str, None, "start a new run from the parameters of this trained model (a "
+           "checkpoint directory, or 'bundled'), with a fresh optimizer and schedules; its model "
+           "config must be this run's"),
     Option("seed", int, 0, "seed of the initialisation, noise and data order"),
     Option("checkpoint_every", int, 1000, "steps between checkpoints"),
     Option("keep", int, 3, "checkpoints kept"),
@@ -54,7 +57,7 @@ def run_training(a):
                                lr_schedule=a.lr_schedule, decay_steps=a.decay_steps)
     result = train.train_and_evaluate(cfg, a.data, a.workdir, a.steps, seed=a.seed,
                                       checkpoint_every=a.checkpoint_every, keep=a.keep,
-                                      eval_every=a.eval_every, log_every=a.log_every,
+                                      eval_every=a.eval_every, log_every=a.log_every, init_from=a.init_from,
                                       announce=lambda line: print(line, file=sys.stderr, flush=True))
     if result is not None:
         if jax.process_index() == 0:  # what sampling needs of the data: the fitted prior, the facts
