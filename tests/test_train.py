@@ -202,3 +202,22 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(dataset, tmp_path, capsys):
     (tmp_path / "checkpoints" / "2" / "meta" / "metadata").write_text("{not json")
     with pytest.raises(Error, match="damaged or unreadable checkpoint"):
         train.load_checkpoint(tmp_path)
+
+
+def test_init_from_starts_a_new_run_from_a_trained_models_parameters(dataset, tmp_path, capsys):
+    train.train_and_evaluate(config.test(), dataset, tmp_path / "a", 6, checkpoint_every=6, progress=False)
+    # warm-up from 0: the first step's learning rate is 0, so step 1 holds exactly the parameters started from
+    common = ["train", "--config", "test", "--data", str(dataset), "--steps", "1", "--warmup-steps", "5"]
+    assert cli.main([*common, "--workdir", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")]) == 0
+    assert "starting from the parameters of" in capsys.readouterr().err
+    _, a, _ = train.load_checkpoint(tmp_path / "a")
+    _, b, meta = train.load_checkpoint(tmp_path / "b")
+    fresh = train.init_state(config.test(), 0).params  # where a new run of this seed starts
+    assert meta["step"] == 1 and meta["init_from"] == str(tmp_path / "a")
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(fresh)))
+    # another model config is refused in one line naming the checkpoint and the field
+    code = cli.main([*common, "--workdir", str(tmp_path / "d"), "--init-from", str(tmp_path / "a"),
+                     "--set", "model.features=32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(tmp_path / "a") in err and "features 16 there, 32 here" in err, err
