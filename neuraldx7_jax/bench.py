@@ -5,6 +5,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from neuraldx7_jax import config as config_lib
 from neuraldx7_jax import dx7, sample, train
@@ -31,6 +32,21 @@ def time_train(cfg, batch, steps=10):
         state, metrics = step(state, x, key)
     jax.block_until_ready(metrics)
     return steps * batch / (time.perf_counter() - t)
+
+
+def matmul_rate(m, k, n, dtype=jnp.float32, calls=30, devices=None):
+    """GFLOP/s of a lone jitted (m, k) @ (k, n) matmul (float32 accumulation), its rows split over
+    `devices` (default: all) as the train step splits its batch: the ceiling its matmuls can reach."""
+    mesh = Mesh(np.array(devices or jax.devices()), ("data",))
+    a = jax.device_put(jnp.ones((m, k), dtype), NamedSharding(mesh, P("data")))
+    b = jax.device_put(jnp.ones((k, n), dtype), NamedSharding(mesh, P()))
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(calls):
+        out = f(a, b)
+    out.block_until_ready()
+    return 2 * m * k * n * calls / (time.perf_counter() - t) / 1e9
 
 
 def time_sampling(model, sample_batch, seconds=10.0):
@@ -85,6 +101,15 @@ def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "l
     if "train" in what:
         announce(f"train: compiling the step, then timing 10 steps of batch {batch}")
         out["train_samples_per_s"] = time_train(cfg, batch)
+        # how close the step comes to the machine: its arithmetic rate beside a lone matmul's at
+        # the dense layers' shape (every voice's 155 rows, F -> 3F), rows split over the same devices
+        flops = train.step_flops(cfg, model.params, batch)
+        f = cfg.model.features
+        out["train_gflop_per_step"] = flops / 1e9
+        out["train_gflop_per_s"] = flops / batch * out["train_samples_per_s"] / 1e9
+        out["matmul_shape"] = f"({batch * dx7.N_PARAMS} x {f}) @ ({f} x {3 * f})"
+        out["matmul_gflop_per_s"] = matmul_rate(batch * dx7.N_PARAMS, f, 3 * f)
+        out["train_of_matmul"] = out["train_gflop_per_s"] / out["matmul_gflop_per_s"]
     if "sample" in what:
         announce(f"sample: compiling, then sampling batches of {sample_batch} for 10 s")
         out["sample_per_s"] = time_sampling(model, sample_batch)

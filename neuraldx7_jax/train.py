@@ -97,21 +97,34 @@ def join_rows(y):
     return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
 
 
-def make_train_step(cfg, mesh):
-    """The jitted `train_step(state, batch, key) -> (state, metrics)`; state donated. The batch's
-    gradient is the mean of its microbatches' (`TrainConfig.microbatch` voices per device each)."""
-    t = cfg.train
-    model = VAE(cfg.model)
-    per_device = t.batch_size // mesh.devices.size
-    most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)
-    k = pieces(per_device, most)
+def _grad_fn(cfg):
+    """`(params, x_BxN, eps_BxZ, beta) -> ((loss, means), grads)` of the training loss."""
+    model, t = VAE(cfg.model), cfg.train
 
     def loss_fn(params, x_BxN, eps, b):
         terms = loss_terms(model.apply({"params": params}, x_BxN, eps), x_BxN, t.masked_ce)
         means = jax.tree.map(jnp.mean, terms)
         return means["ce"] + t.max_beta * b * means["kl"], means
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+def step_flops(cfg, params, batch):
+    """Floating-point operations of one train step's forward and backward passes over `batch`
+    voices, as XLA counts them (the optimizer's update, a few per parameter, is left out)."""
+    x = jax.ShapeDtypeStruct((batch, dx7.N_PARAMS), jnp.int32)
+    eps = jax.ShapeDtypeStruct((batch, cfg.model.latent), jnp.float32)
+    return float(jax.jit(_grad_fn(cfg)).lower(params, x, eps, 1.0).cost_analysis()["flops"])
+
+
+def make_train_step(cfg, mesh):
+    """The jitted `train_step(state, batch, key) -> (state, metrics)`; state donated. The batch's
+    gradient is the mean of its microbatches' (`TrainConfig.microbatch` voices per device each)."""
+    t = cfg.train
+    per_device = t.batch_size // mesh.devices.size
+    most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)
+    k = pieces(per_device, most)
+    grad_fn = _grad_fn(cfg)
 
     def train_step(state, x_BxN, key):
         eps = jax.random.normal(jax.random.fold_in(key, state.step), (x_BxN.shape[0], cfg.model.latent))

@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from conftest import ROOT, SHARED
-from neuraldx7_jax import sample
+from neuraldx7_jax import config, sample, train
 from neuraldx7_jax.cli import main
 
 TIMER = SHARED / "bench" / "torch_original.py"
@@ -21,9 +21,25 @@ def test_bench_prints_every_figure(capsys):
     assert main(["bench", "--config", "test", "--batch", "8", "--sample-batch", "64", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["impl"] == "neuraldx7-jax" and out["config"] == "test" and out["devices"] >= 1
-    for key in ("train_samples_per_s", "sample_per_s", "decode1_p50_ms", "decode1_p99_ms"):
+    for key in ("train_samples_per_s", "sample_per_s", "decode1_p50_ms", "decode1_p99_ms",
+                "train_gflop_per_s", "matmul_gflop_per_s"):
         assert math.isfinite(out[key]) and out[key] > 0, key
     assert out["decode1_p99_ms"] >= out["decode1_p50_ms"]
+    assert out["train_gflop_per_s"] == pytest.approx(out["train_gflop_per_step"] / 8 * out["train_samples_per_s"])
+    assert out["train_of_matmul"] == pytest.approx(out["train_gflop_per_s"] / out["matmul_gflop_per_s"])
+    assert out["matmul_shape"] == "(1240 x 16) @ (16 x 48)"  # the test preset's dense layers over the batch
+
+
+def test_the_step_flops_are_the_model_arithmetic():
+    """Forward and backward of a transformer: about 6 FLOPs per dense weight per row, plus attention,
+    linear in the batch (XLA's count of the whole batch, not of one microbatch's loop body)."""
+    cfg = config.preset("small")
+    params = train.init_state(cfg, 0).params
+    dense = sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                if "kernel" in jax.tree_util.keystr(path))
+    f4, f8 = train.step_flops(cfg, params, 4), train.step_flops(cfg, params, 8)
+    assert f8 == pytest.approx(2 * f4, rel=0.01)
+    assert 1.0 < f8 / (6 * 155 * 8 * dense) < 1.3
 
 
 def test_bench_times_only_what_is_asked_of_the_bundled_model(capsys):
