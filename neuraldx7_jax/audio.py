@@ -42,15 +42,6 @@ def _synth(sample_rate):
     return _require("dexed", "dexed-py").DexedSynth(sample_rate=float(sample_rate))
 
 
-def _check_voice(voice):
-    voice = np.asarray(voice)
-    if voice.shape != (dx7.N_PARAMS,):
-        raise Error(f"expected one voice of shape ({dx7.N_PARAMS},), got {voice.shape}")
-    if voice.min() < 0 or voice.max() >= dx7.N_VALUES or not np.all(voice == np.round(voice)):
-        raise Error("voice values must be whole numbers in 0..127")
-    return voice.astype(np.uint8)
-
-
 def _check_range(name, value, low, high):
     if not low <= value <= high:
         raise Error(f"{name} must be in {low}..{high}, got {value}")
@@ -63,7 +54,7 @@ def _check_note(note, velocity, seconds, sample_rate):
     _check_range("sample rate", sample_rate, 8000, 192000)
 
 
-def render(voice, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE):
+def render(voice, *, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE):
     """(155,) voice -> (round(seconds * sample_rate),) float32 mono audio of one note through Dexed.
 
     The key is held until `RELEASE_SECONDS` (at most a third of the render) before the end, then
@@ -71,7 +62,7 @@ def render(voice, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE):
     Fields out of range are clamped first (`dx7.clamp`), as the engine does not check them all.
     The output is deterministic and never above 0.75 in magnitude (see `DEXED_GAIN`).
     """
-    voice = _check_voice(voice)
+    voice = dx7.check_voices(np.reshape(voice, (1, -1)))[0]
     _check_note(note, velocity, seconds, sample_rate)
     release = min(RELEASE_SECONDS, seconds / 3)
     dexed = _require("dexed", "dexed-py")
@@ -95,32 +86,25 @@ def loudness(audio):
             "peak_dbfs": _dbfs(float(np.max(np.abs(audio))))}
 
 
-def _check_voices(voices):
-    voices = np.asarray(voices)
-    if voices.ndim != 2 or voices.shape[1] != dx7.N_PARAMS:
-        raise Error(f"expected voices of shape (N, {dx7.N_PARAMS}), got {voices.shape}")
-    return voices
-
-
-def audible(voices, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE, threshold_dbfs=SILENCE_DBFS):
+def audible(voices, *, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE, threshold_dbfs=SILENCE_DBFS):
     """(N, 155) -> (N,) bool: the RMS of `render(voice, ...)` is above `threshold_dbfs` (C4 by default)."""
-    voices = _check_voices(voices)
-    return np.array([loudness(render(v, note, velocity, seconds, sample_rate))["rms_dbfs"] > threshold_dbfs
+    voices = dx7.check_voices(voices)
+    return np.array([loudness(render(v, note=note, velocity=velocity, seconds=seconds, sample_rate=sample_rate))["rms_dbfs"] > threshold_dbfs
                      for v in voices], bool)
 
 
 def audible_fraction(voices, **kwargs):
     """(N, 155) -> the share of the voices that are `audible` (same keyword arguments); N must be > 0."""
-    voices = _check_voices(voices)
+    voices = dx7.check_voices(voices)
     if not len(voices):
         raise Error("no voices to listen to")
     return float(np.mean(audible(voices, **kwargs)))
 
 
-def audibility(voices, training=None, limit=1024, seed=0):
+def audibility(voices, training=None, *, limit=1024, seed=0):
     """The `--audio` figures of `evaluate` and `duplicates`: the audible fraction at C4 of (up to
     `limit` of) `voices`, and of a random `limit` of the valid `training` voices for comparison."""
-    voices = _check_voices(voices)[:limit]
+    voices = dx7.check_voices(voices)[:limit]
     out = dict(audible_fraction=audible_fraction(voices), audio_voices=len(voices),
                training_audible_fraction=None)
     if training is not None and len(training):
@@ -191,14 +175,14 @@ def plot_envelopes(path, audios, titles, sample_rate=SAMPLE_RATE, note_off=None)
 SUMMARY_FIELDS = ("voice", "name", "file", "rms_dbfs", "peak_dbfs", "silent", "out_of_range")
 
 
-def render_to_dir(voices, numbers, out_dir, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE,
+def render_to_dir(voices, numbers, out_dir, *, note=60, velocity=100, seconds=1.5, sample_rate=SAMPLE_RATE,
                   plot=False):
     """Renders each voice to OUT_DIR/NN_NAME.wav and writes OUT_DIR/summary.csv (and envelopes.png).
 
     voices (N, 155) with their `numbers` (from 1, used in file names). Returns the summary rows
     (dicts with `SUMMARY_FIELDS`) and the PNG's path or None.
     """
-    voices = _check_voices(voices)
+    voices = dx7.check_voices(voices)
     if len(numbers) != len(voices):
         raise Error(f"{len(voices)} voices but {len(numbers)} numbers")
     if plot and len(voices) > MAX_PLOT:
@@ -212,7 +196,7 @@ def render_to_dir(voices, numbers, out_dir, note=60, velocity=100, seconds=1.5, 
     width = max(2, len(str(max(numbers, default=1))))
     rows, audios = [], []
     for number, voice in zip(numbers, voices):
-        audio = render(voice, note, velocity, seconds, sample_rate)
+        audio = render(voice, note=note, velocity=velocity, seconds=seconds, sample_rate=sample_rate)
         name = wav_name(number, voice, width)
         write_wav(out_dir / name, audio, sample_rate)
         level = loudness(audio)

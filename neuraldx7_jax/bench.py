@@ -8,6 +8,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from neuraldx7_jax import config as config_lib
+from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import dx7, sample, train
 from neuraldx7_jax.errors import Error
 
@@ -22,7 +23,7 @@ def time_train(cfg, batch, steps=10):
     """Samples per second of the full train step (forward, backward, AdamW), after warm-up."""
     cfg = cfg.replace(batch_size=batch)
     state = train.init_state(cfg, 0)
-    step = train.make_train_step(cfg, train.make_mesh())
+    step = train.make_train_step(cfg, sample.make_mesh())
     x, key = jnp.asarray(random_voices(batch)), jax.random.key(0)
     for _ in range(2):
         state, metrics = step(state, x, key)
@@ -49,9 +50,9 @@ def matmul_rate(m, k, n, dtype=jnp.float32, calls=30, devices=None):
     return 2 * m * k * n * calls / (time.perf_counter() - t) / 1e9
 
 
-def time_sampling(model, sample_batch, seconds=10.0):
+def time_sampling(model, sample_batch, *, seconds=10.0):
     """Prior samples decoded to argmax voices per second, over at least `seconds`."""
-    chunks = sample.sample_prior_chunks(model, 1 << 62, chunk=sample_batch)
+    chunks = sample.sample_prior_chunks(model, 1 << 62, batch=sample_batch)
     next(chunks)  # compile and warm up
     n, t = 0, time.perf_counter()
     for voices in chunks:
@@ -80,13 +81,14 @@ def time_decode1(model, calls=100):
     return dict(decode1_p50_ms=float(np.percentile(lat, 50)), decode1_p99_ms=float(np.percentile(lat, 99)))
 
 
-def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "latency"), checkpoint=None,
-        overrides=(), announce=None):
-    """The benchmark figures as a dict; `checkpoint` times that model instead of random weights
+def run(config="small", *, batch=32, sample_batch=1024, sample_seconds=10.0, what=("train", "sample", "latency"),
+        checkpoint=None, overrides=(), announce=None):
+    """The benchmark figures as a dict: training at `batch` voices a step, sampling at `sample_batch`
+    rows per device call (`sample`'s batch) for `sample_seconds`; `checkpoint` times that model instead of random weights
     ("bundled": the bundled model); `overrides` are `config.override` assignments. `announce(line)`,
     if given, hears each part as it starts."""
     announce = announce or (lambda line: None)
-    loaded = sample.load_model(None if checkpoint == "bundled" else checkpoint) if checkpoint else None
+    loaded = checkpoint_lib.load(checkpoint) if checkpoint else None
     try:
         cfg = config_lib.override(loaded.config if loaded else config_lib.preset(config), overrides)
     except ValueError as e:  # a bad assignment: the user's mistake, reported before any work
@@ -94,7 +96,7 @@ def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "l
     if loaded:
         model, config = loaded._replace(config=cfg), f"checkpoint:{checkpoint}"
     else:
-        model = sample.Model(cfg, train.init_state(cfg, 0).params, {}, None)
+        model = checkpoint_lib.Model(cfg, train.init_state(cfg, 0).params, None, None)
     out = dict(impl="neuraldx7-jax", config=config, overrides=list(overrides), jax=jax.__version__,
                backend=jax.default_backend(), devices=jax.device_count(),
                params=int(sum(p.size for p in jax.tree.leaves(model.params))))
@@ -111,8 +113,8 @@ def run(config="small", batch=32, sample_batch=1024, what=("train", "sample", "l
         out["matmul_gflop_per_s"] = matmul_rate(batch * dx7.N_PARAMS, f, 3 * f)
         out["train_of_matmul"] = out["train_gflop_per_s"] / out["matmul_gflop_per_s"]
     if "sample" in what:
-        announce(f"sample: compiling, then sampling batches of {sample_batch} for 10 s")
-        out["sample_per_s"] = time_sampling(model, sample_batch)
+        announce(f"sample: compiling, then sampling batches of {sample_batch} for {sample_seconds:g} s")
+        out["sample_per_s"] = time_sampling(model, sample_batch, seconds=sample_seconds)
     if "latency" in what:
         announce("latency: compiling, then timing 100 single decodes")
         out.update(time_decode1(model))

@@ -1,6 +1,8 @@
 """The `neuraldx7` command: argument parsing and printing only.
 
-Each subcommand is registered with `@command` and calls one library function.
+Each subcommand (`neuraldx7_jax.commands`, registered in `commands.options.COMMANDS`) parses its
+options, calls one library function and prints. Nothing here imports JAX: `--help`, `info` and
+argument errors start in a fraction of a second.
 """
 import argparse
 import os
@@ -8,31 +10,22 @@ import sys
 
 from neuraldx7_jax.errors import Error
 
-_COMMANDS = []
-
-
-def command(name, help):
-    """Registers `fn(sub_parser)` -> handler(args) as the subcommand `name`."""
-    def register(fn):
-        _COMMANDS.append((name, help, fn))
-        return fn
-    return register
-
 
 def build_parser():
+    from neuraldx7_jax import commands
+
     parser = argparse.ArgumentParser(
         prog="neuraldx7",
         description="NeuralDX7 in JAX: read and write DX7 voices, train the VAE, "
                     "generate cartridges, and steer a synth live.")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help, fn in _COMMANDS:
+    for name, help, setup in commands.COMMANDS:
         sub = subs.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=fn(sub))
+        sub.set_defaults(handler=setup(sub))
     return parser
 
 
 def main(argv=None):
-    import neuraldx7_jax.commands  # noqa: F401  (registers the subcommands)
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0

@@ -1,7 +1,42 @@
-"""Run configuration: one `Config` per run, presets are functions returning it."""
+"""Run configuration: one `Config` per run (the model's architecture and the training), presets
+are functions returning it. No JAX: commands read it before deciding to import JAX."""
 import dataclasses
 
-from neuraldx7_jax.model import ModelConfig
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. Defaults are the original run behind thisdx7cartdoesnotexist.com."""
+    features: int = 512  # F, width of every attention layer
+    heads: int = 8  # H; each head is F / H wide
+    layers: int = 12  # attention layers, in the encoder and in the decoder each
+    # Attention layers of the decoder alone when set; 0: `layers` (the original: equal stacks).
+    decoder_layers: int = 0
+    latent: int = 8  # Z, size of the latent space
+    flows: int = 16  # K triangular Sylvester flows
+    # The original divides attention scores by sqrt(H) (a quirk); "head_dim" uses sqrt(F / H).
+    attention_scale: str = "heads"
+    # The original uses the exact (erf) GELU; True uses the tanh approximation.
+    gelu_approximate: bool = False
+    # Which positional-table row each field gets: "original" (the row of its position in the
+    # original's packed-field order, as NeuralDX7 did; imported weights need it) or "canonical"
+    # (row p for field p). Either trains equally well; only imports care.
+    position_order: str = "original"
+    # The attention stacks' matmuls and activations: "float32" (the original's) or "bfloat16"
+    # (mixed precision: parameters, softmax, GELU, layer-norm statistics, the latent path and
+    # the logits stay float32; slower on a CPU; docs/performance.md has what it was measured at).
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.decoder_layers < 0:
+            raise ValueError(f"decoder_layers must be >= 0, not {self.decoder_layers}")
+        if self.features % self.heads:
+            raise ValueError(f"features ({self.features}) must be a multiple of heads ({self.heads})")
+        if self.attention_scale not in ("heads", "head_dim"):
+            raise ValueError(f"attention_scale must be 'heads' or 'head_dim', not {self.attention_scale!r}")
+        if self.position_order not in ("canonical", "original"):
+            raise ValueError(f"position_order must be 'canonical' or 'original', not {self.position_order!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', not {self.compute_dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)

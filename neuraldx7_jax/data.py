@@ -1,4 +1,5 @@
-"""Voices in, arrays out: the dataset .npz (build, split, load) and shuffled training batches.
+"""Voices in, arrays out: the dataset .npz (build, split, load), shuffled training batches,
+voices from files and cartridges to files, and what a model keeps of its training voices.
 
 numpy only. A dataset holds `train` and `validation` (n, 155) uint8 voices in canonical
 order, with provenance (`*_source`: file relative to its source root, `*_index`: voice in it).
@@ -6,13 +7,14 @@ order, with provenance (`*_source`: file relative to its source root, `*_index`:
 import hashlib
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from neuraldx7_jax import dx7
+from neuraldx7_jax import dx7, names
 from neuraldx7_jax.errors import Error
 
 SUFFIXES = (".syx", ".bin")  # what a directory walk picks up, case-insensitive
@@ -43,7 +45,7 @@ def split_hash(voices):
                      for r in rows], np.uint64)
 
 
-def build_dataset(sources, out, validation_fraction=0.05, clamp=False, strict=False, progress=True):
+def build_dataset(sources, out, *, validation_fraction=0.05, clamp=False, strict=False, progress=True):
     """Reads every voice under `sources`, keeps valid (or clamped) unique ones, splits, writes `out`.
 
     A voice goes to validation when its hash / 2**64 < validation_fraction, so the split of a voice
@@ -161,3 +163,83 @@ def load_voices(spec):
         arrays = load_dataset(spec)
         return np.concatenate([arrays[s] for s in SPLITS])
     return dx7.load(spec)
+
+
+def count_distinct(voices):
+    """Distinct rows of (n, 155) voices."""
+    return len(np.unique(np.asarray(voices), axis=0))
+
+
+def clean_names(voices):
+    """A copy of `voices` whose name characters outside printable ASCII (32..126) are spaces."""
+    voices = np.array(voices, np.uint8)
+    chars = voices[:, dx7.NAME]
+    chars[(chars < 32) | (chars > 126)] = 32
+    voices[:, dx7.NAME] = chars
+    return voices
+
+
+def like_voices(specs, name=None):
+    """The voices of `specs` (each a DX7 file, FILE:INDEX, DATASET.npz or DATASET.npz:SPLIT),
+    valid ones only, and with `name` (a regular expression) those whose name matches it."""
+    try:
+        pattern = re.compile(name) if name is not None else None
+    except re.error as e:
+        raise Error(f"bad --name pattern {name!r}: {e}") from None
+    found = []
+    for spec in specs:
+        _, sep, tail = spec.rpartition(":")
+        voices = load_voice(spec)[None] if sep and tail.strip().isdigit() else load_voices(spec)
+        found.append(np.asarray(voices, np.uint8))
+    voices = np.concatenate(found) if found else np.zeros((0, dx7.N_PARAMS), np.uint8)
+    voices = voices[dx7.is_valid(voices)]
+    if pattern is not None:
+        voices = voices[[bool(pattern.search(dx7.voice_name(v))) for v in voices]]
+    if not len(voices):
+        raise Error(f"no valid voices in {', '.join(specs)}" + (f" with a name matching {name!r}" if name else ""))
+    return voices
+
+
+def cartridge_paths(out, count):
+    """`out` itself for one cartridge, else out_001.syx, out_002.syx, ..."""
+    out = Path(out)
+    if count == 1:
+        return [out]
+    width = max(3, len(str(count)))
+    return [out.with_name(f"{out.stem}_{i:0{width}d}{out.suffix or '.syx'}") for i in range(1, count + 1)]
+
+
+def save_voices(out, voices):
+    """Writes voices as cartridges in one file, padding to a multiple of 32 by repeating the
+    last voice. Returns the number of voices written."""
+    voices = clean_names(voices)
+    pad = -len(voices) % 32
+    voices = np.concatenate([voices, np.repeat(voices[-1:], pad, axis=0)])
+    dx7.save_cartridge(out, voices)
+    return len(voices)
+
+
+_HASH = np.random.PCG64(0x0D37).random_raw((dx7.N_PARAMS, 2)).astype(np.uint64)  # fixed random multipliers
+
+
+def row_keys(rows):
+    """(n, k <= 155) uint8 -> (n, 2) uint64: sum_i row_i * r_i mod 2^64 with random r_i, twice.
+    Distinct rows share a key with probability <= 2^-116 (their difference is < 128 per value)."""
+    rows = np.asarray(rows, np.uint8)
+    return rows.astype(np.uint64) @ _HASH[:rows.shape[1]]
+
+
+def value_counts(voices):
+    """(155, 128) int64: how often each value of each parameter occurs in `voices`."""
+    flat = (np.arange(dx7.N_PARAMS) * dx7.N_VALUES + np.asarray(voices, np.int64)).ravel()
+    return np.bincount(flat, minlength=dx7.N_PARAMS * dx7.N_VALUES).reshape(dx7.N_PARAMS, dx7.N_VALUES)
+
+
+def training_facts(voices):
+    """What a model keeps of its training voices, none of them itself: `value_counts` (155, 128)
+    int32 (the marginal baseline), `voice_keys` (sorted 64-bit keys of the 145 non-name values:
+    generation rejects copies by them) and `name_trigrams` (`names.trigram_counts`)."""
+    voices = np.asarray(voices, np.uint8)
+    return dict(value_counts=value_counts(voices).astype(np.int32),
+                voice_keys=np.unique(row_keys(voices[:, dx7.NON_NAME])[:, 0]),
+                name_trigrams=names.trigram_counts(voices), count=np.int64(len(voices)))

@@ -136,18 +136,19 @@ def describe_voice(voice):
     return "\n".join(lines)
 
 
-def _as_voices(voices):
+def check_voices(voices):
+    """`voices` as (N, 155) uint8, or an Error unless they are whole numbers in 0..127 of that shape."""
     voices = np.asarray(voices)
     if voices.ndim != 2 or voices.shape[1] != N_PARAMS:
         raise Error(f"expected voices of shape (N, {N_PARAMS}), got {voices.shape}")
-    if voices.size and (voices.min() < 0 or voices.max() >= N_VALUES):
-        raise Error("voice values must be in 0..127")
+    if voices.size and (voices.min() < 0 or voices.max() >= N_VALUES or not np.all(voices == np.round(voices))):
+        raise Error("voice values must be whole numbers in 0..127")
     return voices.astype(np.uint8)
 
 
 def pack(voices):
     """(N, 155) -> (N, 128) uint8 packed voices; each field is cut to its bit width, unused bits clear."""
-    voices = _as_voices(voices)
+    voices = check_voices(voices)
     packed = np.zeros((len(voices), PACKED_SIZE), np.uint8)
     for p in PARAMS:
         packed[:, p.byte] |= (voices[:, p.index] & ((1 << p.bits) - 1)) << p.shift
@@ -310,7 +311,7 @@ def _message(header, data, channel):
 
 def cartridge_message(voices, channel=0):
     """(32, 155) -> the 4104-byte 32-voice bulk dump."""
-    voices = _as_voices(voices)
+    voices = check_voices(voices)
     if len(voices) != 32:
         raise Error(f"a cartridge holds 32 voices, got {len(voices)}")
     return _message(BULK_HEADER, pack(voices).tobytes(), channel)
@@ -318,7 +319,7 @@ def cartridge_message(voices, channel=0):
 
 def single_voice_message(voice, channel=0):
     """(155,) -> the 163-byte single-voice dump."""
-    return _message(SINGLE_HEADER, _as_voices(np.reshape(voice, (1, -1)))[0].tobytes(), channel)
+    return _message(SINGLE_HEADER, check_voices(np.reshape(voice, (1, -1)))[0].tobytes(), channel)
 
 
 PROBLEMS_SHOWN = 10  # problems of one file told in full; the others are counted by kind
@@ -455,6 +456,15 @@ def load(path, strict=False):
     return parse(Path(path).read_bytes(), path, strict)
 
 
+def load_with_warnings(path, strict=False):
+    """`load`, with the warnings it gives as text beside the voices (what a command prints):
+    (voices, [warning])."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FormatWarning)
+        voices = load(path, strict)
+    return voices, [str(w.message) for w in caught]
+
+
 def read_file(path):
     """Like `load`, never raising: (voices (N, 155) uint8, intact (N,) bool: the voice's message
     is undamaged, problems as text); N = 0 when unreadable."""
@@ -540,7 +550,7 @@ def write_atomic(path, data):
 
 def save_cartridge(path, voices, channel=0):
     """Writes N = 32, 64, ... voices as N / 32 concatenated 4104-byte bulk dumps."""
-    voices = _as_voices(voices)
+    voices = check_voices(voices)
     if not len(voices) or len(voices) % 32:
         raise Error(f"{path}: a cartridge holds 32 voices; got {len(voices)}, not a multiple of 32")
     write_atomic(path, b"".join(cartridge_message(voices[i:i + 32], channel)

@@ -30,17 +30,9 @@ POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that wen
 
 
 def latent_summary(model):
-    """(mean (Z,), std (Z,)) of the decoder latent over the dataset: the model's `features`
-    summary, or None when the model has none (then the prior, N(0, 1), stands in)."""
-    features = getattr(model, "features", None)
-    if features is None:
-        return None
-    latent = model.config.model.latent
-    mean, std = (np.asarray(features[k], np.float64) for k in ("mean", "std"))
-    if mean.shape != (latent,) or std.shape != (latent,) or not (np.all(std > 0) and np.all(np.isfinite(mean))):
-        raise Error(f"features.json of the model in {getattr(model, 'path', None)}: the latent summary needs "
-                    f"{latent} finite means and {latent} positive stds; run `neuraldx7 features` again")
-    return mean, std
+    """`checkpoint.latent_summary`: (mean, std) of the decoder latent, or None."""
+    from neuraldx7_jax import checkpoint
+    return checkpoint.latent_summary(model)
 
 
 class Controls:
@@ -664,10 +656,10 @@ def open_link(backend, engine, controller=None, synth=None, api=None, name="neur
 
 def load(checkpoint=None):
     """The model to play: `checkpoint`, or the bundled one (with a clear error if there is none)."""
-    from neuraldx7_jax import sample
+    from neuraldx7_jax import checkpoint as checkpoint_lib
 
     try:
-        return sample.load_model(checkpoint)
+        return checkpoint_lib.load(checkpoint)
     except Error as e:
         if checkpoint is not None:
             raise

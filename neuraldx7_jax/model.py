@@ -1,11 +1,10 @@
 """The NeuralDX7 attention VAE with triangular Sylvester flows, in flax.linen.
 
-Semantics follow the original PyTorch model exactly under `ModelConfig()` defaults
+Semantics follow the original PyTorch model exactly under `config.ModelConfig()` defaults
 (see `../shared/docs/original-model.md`); departures are named config options.
 Shapes: B batch, N = 155 parameters, V = 128 values, F features, H heads,
 D = F / H head width, Z latent size, K flows.
 """
-import dataclasses
 import math
 
 import flax.linen as nn
@@ -14,51 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuraldx7_jax import dx7
+from neuraldx7_jax.config import ModelConfig
 
 N, V = dx7.N_PARAMS, dx7.N_VALUES
 NEG_INF = -1e9  # the original's logit for out-of-range values
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture. Defaults are the original run behind thisdx7cartdoesnotexist.com."""
-    features: int = 512  # F, width of every attention layer
-    heads: int = 8  # H; each head is F / H wide
-    layers: int = 12  # attention layers, in the encoder and in the decoder each
-    # Attention layers of the decoder alone when set; 0: `layers` (the original: equal stacks).
-    decoder_layers: int = 0
-    latent: int = 8  # Z, size of the latent space
-    flows: int = 16  # K triangular Sylvester flows
-    # The original divides attention scores by sqrt(H) (a quirk); "head_dim" uses sqrt(F / H).
-    attention_scale: str = "heads"
-    # The original uses the exact (erf) GELU; True uses the tanh approximation.
-    gelu_approximate: bool = False
-    # Which positional-table row each field gets: "original" (the row of its position in the
-    # original's packed-field order, as NeuralDX7 did; imported weights need it) or "canonical"
-    # (row p for field p). Either trains equally well; only imports care.
-    position_order: str = "original"
-    # The attention stacks' matmuls and activations: "float32" (the original's) or "bfloat16"
-    # (mixed precision: parameters, softmax, GELU, layer-norm statistics, the latent path and
-    # the logits stay float32; slower on a CPU; docs/performance.md has what it was measured at).
-    compute_dtype: str = "float32"
-
-    def __post_init__(self):
-        if self.decoder_layers < 0:
-            raise ValueError(f"decoder_layers must be >= 0, not {self.decoder_layers}")
-        if self.features % self.heads:
-            raise ValueError(f"features ({self.features}) must be a multiple of heads ({self.heads})")
-        if self.attention_scale not in ("heads", "head_dim"):
-            raise ValueError(f"attention_scale must be 'heads' or 'head_dim', not {self.attention_scale!r}")
-        if self.position_order not in ("canonical", "original"):
-            raise ValueError(f"position_order must be 'canonical' or 'original', not {self.position_order!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', not {self.compute_dtype!r}")
-
-    @property
-    def dtype(self):
-        return jnp.dtype(self.compute_dtype)
-
-
 _SQRT_HALF, _INV_SQRT_2PI = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -173,13 +131,13 @@ class Attention(nn.Module):
     def __call__(self, x_BxNxF):
         cfg = self.config
         h, d = cfg.heads, cfg.features // cfg.heads
-        qkv = Dense(3 * h * d, cfg.dtype, name="qkv")(x_BxNxF)
+        qkv = Dense(3 * h * d, jnp.dtype(cfg.compute_dtype), name="qkv")(x_BxNxF)
         qkv_BxNxDx3xH = qkv.reshape(*x_BxNxF.shape[:-1], d, 3, h)
         # Heads first, (B, H, N, D): batched matmuls in the layout the CPU kernels like best.
         q, k, v = (jnp.transpose(qkv_BxNxDx3xH[..., i, :], (0, 3, 1, 2)) for i in range(3))
         scale = math.sqrt(h if cfg.attention_scale == "heads" else d)
         scores_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / scale
-        weights = softmax(scores_BxHxNxN).astype(cfg.dtype)
+        weights = softmax(scores_BxHxNxN).astype(jnp.dtype(cfg.compute_dtype))
         y_BxHxNxD = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
         return jnp.transpose(y_BxHxNxD, (0, 2, 3, 1)).reshape(x_BxNxF.shape)  # feature = i_d * H + i_h
 
@@ -191,11 +149,11 @@ class AttentionLayer(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        x = x.astype(cfg.dtype)
+        x = x.astype(jnp.dtype(cfg.compute_dtype))
         attention = Attention(cfg, name="attention")(x)
-        x = nn.LayerNorm(epsilon=1e-5, dtype=cfg.dtype, name="attention_norm")(attention + x)
-        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, cfg.dtype, name="feedforward")(x)
-        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=cfg.dtype,
+        x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.dtype(cfg.compute_dtype), name="attention_norm")(attention + x)
+        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, jnp.dtype(cfg.compute_dtype), name="feedforward")(x)
+        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=jnp.dtype(cfg.compute_dtype),
                             name="feedforward_norm")(ff + x)
 
 

@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuraldx7_jax import config as config_lib
-from neuraldx7_jax import train
+from neuraldx7_jax import checkpoint, train
 from neuraldx7_jax.errors import Error
-from neuraldx7_jax.model import N, V, ModelConfig, VAE, original_order, positional_table
+from neuraldx7_jax.config import ModelConfig
+from neuraldx7_jax.model import N, V, VAE, original_order, positional_table
 
 INSTALL_HINT = 'reading an original checkpoint needs PyTorch: pip install "neuraldx7-jax[original]"'
 DEFAULT_HEADS = 8  # the original run's; the file's weights cannot tell the head count
@@ -285,7 +286,7 @@ def _check_tree(cfg, params):
 
 def import_original(path, out, heads=None):
     """Converts the original checkpoint `path` into a checkpoint in the work directory `out`
-    (readable by `sample.load_model(out)`), at step 0. `heads` is used when the file's config does
+    (readable by `checkpoint.load(out)`), at step 0. `heads` is used when the file's config does
     not say; default 8. Returns the Config and where the head count came from."""
     path, out = Path(path), Path(out)
     if not path.is_file():
@@ -299,16 +300,7 @@ def import_original(path, out, heads=None):
     heads = found or heads or DEFAULT_HEADS
     model_cfg, params = convert(state, heads)
     cfg = dataclasses.replace(config_lib.original(), model=model_cfg)
-    step = 0
-    mngr = train.checkpoint_manager(out, keep=1, interval=1)
-    if mngr.latest_step() is not None:
-        mngr.close()
-        raise Error(f"{out} already holds a checkpoint; choose a new --out")
-    state = train.TrainState.create(apply_fn=VAE(model_cfg).apply, params=jax.tree.map(jnp.asarray, params),
-                                    tx=train.make_optimizer(cfg))
-    meta = dict(config=cfg.to_dict(), seed=None, dataset=None,
-                source=dict(original=str(path.absolute()), heads_from=heads_from))
-    train._save(mngr, step, state, meta, force=True)
-    mngr.wait_until_finished()
-    mngr.close()
+    params = jax.tree.map(jnp.asarray, params)
+    meta = checkpoint.Meta(config=cfg, step=0, source=dict(original=str(path.absolute()), heads_from=heads_from))
+    checkpoint.create(out, meta, params, train.make_optimizer(cfg).init(params))
     return dict(config=cfg, heads_from=heads_from, out=out)

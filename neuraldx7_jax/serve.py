@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from neuraldx7_jax import dx7, live, sample
+from neuraldx7_jax import checkpoint as checkpoint_lib
+from neuraldx7_jax import dx7, sample
 from neuraldx7_jax.errors import Error
 
 HOST = "127.0.0.1"
@@ -90,7 +91,7 @@ class LruCache:
 def latent_ranges(model):
     """(low (Z,), center (Z,), high (Z,), source) of the sliders: mean -/+ SPAN std from the
     model's `features` summary, or -/+ SPAN around 0 (the prior) when it has none."""
-    summary = live.latent_summary(model)
+    summary = checkpoint_lib.latent_summary(model)
     if summary is None:
         latent = model.config.model.latent
         return -SPAN * np.ones(latent), np.zeros(latent), SPAN * np.ones(latent), "prior"
@@ -214,8 +215,8 @@ class App:
             prior = None
             if like is not None:
                 voice = self.cartridge_voices(like[0], temperature).voices[like[1] - 1]
-                prior = sample.like_prior(self.model, voice[None], seed)
-            return next(sample.cartridges(self.model, 1, temperature, seed, prior))
+                prior = sample.like_prior(self.model, voice[None], seed=seed)
+            return next(sample.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
         return self._cartridges.get((seed, temperature, like), make)
 
     def voice(self, seed, temperature, index, z=None, like=None):
@@ -228,7 +229,8 @@ class App:
         z = np.asarray(z, np.float32)
         row = int(cart.rows[index - 1])
         rows = np.repeat(z[None], CARTRIDGE, axis=0)  # (32, Z): one compiled shape
-        voice = sample.decode(self.model, rows, temperature, seed, CARTRIDGE, row // CARTRIDGE)[row % CARTRIDGE]
+        voice = sample.decode(self.model, rows, temperature=temperature, seed=seed, batch=CARTRIDGE,
+                              first_block=row // CARTRIDGE)[row % CARTRIDGE]
         return z, sample.name_voices(self.model, z[None], voice[None])[0]
 
     def wav(self, voice, note):
@@ -270,7 +272,7 @@ class App:
         return _json({"latent": self.latent, "low": self.low.tolist(), "center": self.center.tolist(),
                       "high": self.high.tolist(), "range_source": self.range_source,
                       "audio": self.audio, "audio_install": AUDIO_INSTALL, "voices": CARTRIDGE,
-                      "model": {"path": str(self.model.path), "step": self.model.meta.get("step")}})
+                      "model": {"path": str(self.model.path), "step": self.model.meta.step}})
 
     def cartridge(self, query):
         seed = _whole(query, "seed", 0, MAX_SEED) if "seed" in query else secrets.randbelow(2 ** 31)
@@ -449,9 +451,9 @@ def url_of(server):
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def run(checkpoint=None, host=HOST, port=PORT, announce=print):
+def run(checkpoint=None, *, host=HOST, port=PORT, announce=print):
     """Loads the model, compiles, binds, announces the URL, then serves until interrupted."""
-    model = sample.load_model(checkpoint)
+    model = checkpoint_lib.load(checkpoint)
     announce(f"loaded {model.path}; compiling...")
     app = App(model)
     server = make_server(app, host, port)

@@ -1,8 +1,7 @@
-"""Training: the loss, the jitted data-parallel train step, the loop, and checkpoints.
+"""Training: the loss, the jitted data-parallel train step, the loop and its metrics.
 
-A work directory holds `checkpoints/<step>/` (orbax: params, optimizer state, and a
-`meta` JSON with the config and dataset facts) and `metrics.jsonl`. Running again
-with the same work directory resumes exactly where the last checkpoint stopped.
+A work directory holds the run's checkpoints (`checkpoint.Run`) and `metrics.jsonl`. Running
+again with the same work directory resumes exactly where the last checkpoint stopped.
 """
 import dataclasses
 import functools
@@ -16,21 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from neuraldx7_jax import dx7
+from neuraldx7_jax import checkpoint, dx7, features, sample
 from neuraldx7_jax import config as config_lib
 from neuraldx7_jax.config import Config
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-class TrainState(train_state.TrainState):
-    pass
 
 
 def beta(step, temp):
@@ -70,31 +64,10 @@ def init_state(cfg, seed):
     x = jnp.zeros((1, dx7.N_PARAMS), jnp.int32)
     eps = jnp.zeros((1, cfg.model.latent))
     params = jax.jit(model.init)(jax.random.key(seed), x, eps)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg))
-
-
-def make_mesh():
-    """A 1-D mesh over every device of every host; the batch is split on its `data` axis."""
-    return Mesh(np.array(jax.devices()), ("data",))
+    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg))
 
 
 CPU_MICROBATCH = 4  # voices per forward/backward pass on a CPU when the config leaves it at 0
-
-
-def pieces(rows, most):
-    """The fewest equal pieces `rows` splits into with at most `most` rows each."""
-    return next(k for k in range(1, rows + 1) if rows % k == 0 and rows // k <= most)
-
-
-def split_rows(x, k):
-    """(B, ...) -> (k, B / k, ...); piece i holds rows i, i + k, ..., so every piece of a
-    batch-sharded array keeps its rows on their devices (B / k a multiple of the devices)."""
-    return jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1)
-
-
-def join_rows(y):
-    """The inverse of `split_rows`."""
-    return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
 
 
 def _grad_fn(cfg):
@@ -123,13 +96,13 @@ def make_train_step(cfg, mesh):
     t = cfg.train
     per_device = t.batch_size // mesh.devices.size
     most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)
-    k = pieces(per_device, most)
+    k = sample.pieces(per_device, most)
     grad_fn = _grad_fn(cfg)
 
     def train_step(state, x_BxN, key):
         eps = jax.random.normal(jax.random.fold_in(key, state.step), (x_BxN.shape[0], cfg.model.latent))
         b = beta(state.step, t.beta_temp)
-        xs, epss = split_rows(x_BxN, k), split_rows(eps, k)
+        xs, epss = sample.split_rows(x_BxN, k), sample.split_rows(eps, k)
 
         def add(total, piece):
             return jax.tree.map(lambda a, o: a + o / k, total, grad_fn(state.params, *piece, b)), None
@@ -165,7 +138,7 @@ def make_eval_step(model_cfg):
     return eval_step
 
 
-def evaluate(model_cfg, params, voices, seed=0, batch_size=256):
+def evaluate(model_cfg, params, voices, *, seed=0, batch_size=256):
     """Validation figures over `voices` (n, 155): posterior-mean CE and accuracy, KL per latent
     dimension, and -ELBO per parameter (nats; one posterior sample per voice)."""
     eval_step = make_eval_step(model_cfg)
@@ -181,65 +154,12 @@ def evaluate(model_cfg, params, voices, seed=0, batch_size=256):
     return {k: v / n for k, v in sums.items()}
 
 
-def checkpoint_manager(workdir, keep=3, interval=1000):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
-                                 item_names=("params", "opt_state", "meta"))
-
-
-def _checkpoint_dir(path):
-    """The orbax directory inside a work directory, or `path` itself if it is one."""
-    path = Path(path).absolute()
-    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
-
-
-def load_checkpoint(path, step=None):
-    """(ModelConfig-built Config, params, meta) of the latest (or given) step under `path`,
-    a work directory or its `checkpoints/` folder. Needs no other argument: meta holds the config.
-    A damaged checkpoint is an Error naming it, in one line."""
-    directory = _checkpoint_dir(path)
-    if not directory.is_dir():
-        raise Error(f"{path}: no such checkpoint directory")
-    handlers = dict(params=ocp.StandardCheckpointHandler(), opt_state=ocp.StandardCheckpointHandler(),
-                    meta=ocp.JsonCheckpointHandler())
-    try:
-        with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
-            step = mngr.latest_step() if step is None else step
-            if step is None:
-                raise Error(f"{path}: no checkpoint found in {directory}")
-            # onto this process's first device, whatever devices the run that saved it had
-            here = SingleDeviceSharding(jax.devices()[0])
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                                  mngr.item_metadata(step)["params"])
-            restored = mngr.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        meta = restored["meta"]
-        return Config.from_dict(meta["config"]), restored["params"], meta
-    except Error:
-        raise
-    except Exception as e:  # orbax and tensorstore raise many kinds, with pages of detail
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise Error(f"{directory if step is None else directory / str(step)}: damaged or unreadable checkpoint "
-                    f"({type(e).__name__}: {first})") from None
-
-
-def _save(mngr, step, state, meta, force=False):
-    return mngr.save(step, force=force, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(dict(meta, step=step))))
-
-
 def resolve_config(workdir, preset=None, overrides=(), **train_fields):
     """The run's config: `preset` with `overrides` and TrainConfig fields (None = keep), or, when
     resuming with no preset given, the config saved in `workdir`."""
-    saved = None
-    if (Path(workdir) / "checkpoints").is_dir():
-        with checkpoint_manager(workdir) as mngr:
-            if mngr.latest_step() is not None:
-                saved = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-                    meta=ocp.args.JsonRestore()))["meta"]
+    saved = checkpoint.read_meta(workdir)
     if saved is not None and preset is None:
-        cfg = Config.from_dict(saved["config"])
+        cfg = saved.config
     else:
         cfg = config_lib.preset(preset or "small")
     try:
@@ -248,7 +168,28 @@ def resolve_config(workdir, preset=None, overrides=(), **train_fields):
         raise Error(str(e)) from None
 
 
-def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_every=1000, keep=3,
+def run(*, data, workdir, steps, config=None, overrides=(), seed=0, checkpoint_every=1000, keep=3,
+        eval_every=1000, log_every=50, init_from=None, distributed=False, progress=True, announce=None,
+        **train_fields):
+    """What `neuraldx7 train` does: `resolve_config(workdir, config, overrides, **train_fields)`,
+    `train_and_evaluate`, then what sampling needs of the data stored beside the checkpoints
+    (`features.write`: the fitted prior, the training facts). `distributed` first calls
+    `jax.distributed.initialize()` (multi-host runs). Returns the last validation metrics, or None
+    when there was nothing to train."""
+    announce = announce or (lambda line: None)
+    if distributed:
+        jax.distributed.initialize()
+    cfg = resolve_config(workdir, config, overrides, **train_fields)
+    result = train_and_evaluate(cfg, data, workdir, steps, seed=seed, checkpoint_every=checkpoint_every, keep=keep,
+                                eval_every=eval_every, log_every=log_every, init_from=init_from,
+                                progress=progress, announce=announce)
+    if result is not None and jax.process_index() == 0:
+        announce("fitting the latent prior to the training voices...")
+        features.write(workdir, data)
+    return result
+
+
+def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_every=1000, keep=3,
                        eval_every=1000, log_every=50, progress=True, announce=None, init_from=None):
     """Trains `cfg` on the dataset .npz `data` for `steps` steps in `workdir`, resuming from its
     latest checkpoint if there is one. A new run starts from the parameters of the trained model
@@ -263,34 +204,36 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
     train_voices, val_voices = dataset["train"], dataset["validation"]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh()
+    mesh = sample.make_mesh()
     n_dev = mesh.devices.size
     if cfg.train.batch_size % n_dev:
         raise Error(f"batch size {cfg.train.batch_size} is not a multiple of the {n_dev} devices")
 
-    mngr = checkpoint_manager(workdir, keep, checkpoint_every)
+    run = checkpoint.Run(workdir, keep=keep, interval=checkpoint_every)
     state = init_state(cfg, seed)
-    meta = dict(config=cfg.to_dict(), seed=seed, dataset=dict(
-        path=str(Path(data).absolute()), train=len(train_voices), validation=len(val_voices)))
-    if mngr.latest_step() is not None:
-        start = mngr.latest_step()
-        saved = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        ours = json.loads(json.dumps(cfg.to_dict()))
-        was = saved["config"]["train"]["decay_steps"]
+    meta = checkpoint.Meta(
+        config=cfg, seed=seed,
+        dataset=checkpoint.Dataset(str(Path(data).absolute()), len(train_voices), len(val_voices)),
+        schedule=checkpoint.Schedule(steps, checkpoint_every, keep, eval_every, log_every))
+    if run.latest_step() is not None:
+        start = run.latest_step()
+        saved = run.meta(start)
+        was = saved.config.train.decay_steps
         if cfg.train.decay_steps > was and cfg.train.lr_schedule == "cosine":  # a longer schedule
-            saved["config"]["train"]["decay_steps"] = cfg.train.decay_steps
+            saved = dataclasses.replace(saved, config=saved.config.replace(decay_steps=cfg.train.decay_steps))
             announce(f"the cosine schedule now ends at step {cfg.train.decay_steps} (was {was}): the "
                      f"learning rate rises again from step {start} (a warm restart)")
-        diff = [f"{k}: saved {saved[k]}, now {v}" for k, v in (("config", ours), ("seed", seed))
-                if saved[k] != v]
+        diff = [f"{k}: saved {theirs}, now {ours}" for k, theirs, ours in (
+            ("config", saved.config.to_dict(), cfg.to_dict()), ("seed", saved.seed, seed)) if theirs != ours]
         if diff:
+            run.close()
             raise Error(f"{workdir} holds a run with another config or seed ({'; '.join(diff)}); "
                         "resume it without --config (a longer --decay-steps is allowed), or use a new --workdir")
-        restored = mngr.restore(start, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(state.params), opt_state=ocp.args.StandardRestore(state.opt_state)))
-        state = state.replace(step=jnp.asarray(start), params=restored["params"], opt_state=restored["opt_state"])
+        params, opt_state = run.restore(start, state.params, state.opt_state)
+        state = state.replace(step=jnp.asarray(start), params=params, opt_state=opt_state)
+        meta = dataclasses.replace(meta, init_from=saved.init_from)
     elif init_from is not None:
-        state, meta["init_from"] = _init_from(state, cfg, init_from), str(init_from)
+        state, meta = _init_from(state, cfg, init_from), dataclasses.replace(meta, init_from=str(init_from))
         announce(f"starting from the parameters of {init_from} (fresh optimizer and schedules)")
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -306,7 +249,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
 
     start = int(state.step)
     if start >= steps:
-        mngr.close()
+        run.close()
         announce(f"{workdir} is already at step {start} (--steps {steps}): nothing to train; "
                  "a larger --steps continues it")
         return None
@@ -335,22 +278,21 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, seed=0, checkpoint_eve
             bar.set_postfix_str(f"loss {m['loss']:.3f} acc {m['accuracy']:.3f}")  # the bar shows the rate
         if done % eval_every == 0 or done == steps:
             if len(val_voices):
-                last_eval = evaluate(cfg.model, state.params, val_voices, seed)
+                last_eval = evaluate(cfg.model, state.params, val_voices, seed=seed)
                 _write(log, dict(step=done, split="validation", **last_eval))
                 t0, t_steps = time.perf_counter(), 0  # nor evaluations
-        _save(mngr, done, state, meta, force=done == steps)
+        run.save(dataclasses.replace(meta, step=done), state.params, state.opt_state, force=done == steps)
         bar.update(1)
     bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    run.close()
     log.close()
     return last_eval
 
 
 def _init_from(state, cfg, path):
     """`state` with the parameters of the trained model at `path` ("bundled": the bundled model)."""
-    from neuraldx7_jax.sample import BUNDLED
-    saved_cfg, params, _ = load_checkpoint(BUNDLED if str(path) == "bundled" else path)
+    trained = checkpoint.load(path)
+    saved_cfg, params = trained.config, trained.params
     if saved_cfg.model != cfg.model:
         ours, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(saved_cfg.model)
         diff = "; ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if ours[k] != theirs[k])

@@ -179,10 +179,10 @@ def test_the_loudness_estimate_tells_silent_voices_as_dexed_does(dexed, shared_d
     Dexed renders, on 4,000 real voices and on 1,024 samples of the bundled model under N(0, I)
     (which makes many silent ones). Measured when written: real 0.949 / 0.974 (38 silent),
     generated 1.0 / 0.95 (docs/audio.md has the figures and what the estimate leaves out)."""
-    from neuraldx7_jax import sample
+    from neuraldx7_jax import checkpoint, sample
     real = dx7.load(shared_data / "compact-train.bin")
     real = real[dx7.is_valid(real)][:4000]
-    generated = sample.sample_prior(sample.load_model(None), 1024, seed=0, prior="standard")
+    generated = sample.sample_prior(checkpoint.load(None), 1024, seed=0, prior="standard")
     for voices in (real, generated):
         truth = _silent_in_dexed(voices)
         precision, recall = _precision_recall(truth, dx7.estimated_silent(voices))

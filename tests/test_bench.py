@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from conftest import ROOT, SHARED
-from neuraldx7_jax import config, sample, train
+from neuraldx7_jax import checkpoint, config, train
 from neuraldx7_jax.cli import main
 
 TIMER = SHARED / "bench" / "torch_original.py"
@@ -18,7 +18,8 @@ SRC = os.environ.get("NDX7_SRC") or os.path.expanduser("~/.cache/neuraldx7-origi
 
 
 def test_bench_prints_every_figure(capsys):
-    assert main(["bench", "--config", "test", "--batch", "8", "--sample-batch", "64", "--json"]) == 0
+    assert main(["bench", "--config", "test", "--batch", "8", "--sample-batch", "64", "--sample-seconds", "1",
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["impl"] == "neuraldx7-jax" and out["config"] == "test" and out["devices"] >= 1
     for key in ("train_samples_per_s", "sample_per_s", "decode1_p50_ms", "decode1_p99_ms",
@@ -45,7 +46,7 @@ def test_the_step_flops_are_the_model_arithmetic():
 def test_bench_times_only_what_is_asked_of_the_bundled_model(capsys):
     assert main(["bench", "--checkpoint", "bundled", "--what", "latency"]) == 0
     text = capsys.readouterr().out
-    params = sum(p.size for p in jax.tree.leaves(sample.load_model().params))
+    params = sum(p.size for p in jax.tree.leaves(checkpoint.load().params))
     assert "checkpoint:bundled" in text and f"params                {params}" in text
     assert "decode1_p50_ms" in text and "train_samples_per_s" not in text and "sample_per_s" not in text
 

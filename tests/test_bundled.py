@@ -1,7 +1,7 @@
 """The model shipped in the package: the quick start's `neuraldx7 generate --out cart.syx`."""
 import numpy as np
 
-from neuraldx7_jax import cli, config, dx7, live, sample
+from neuraldx7_jax import checkpoint, cli, config, dx7, sample, studies
 
 
 def test_generate_with_the_bundled_model(tmp_path, capsys):
@@ -12,17 +12,17 @@ def test_generate_with_the_bundled_model(tmp_path, capsys):
 
 
 def test_bundled_model_is_the_bundled_preset_with_a_features_summary():
-    model = sample.load_model()
+    model = checkpoint.load()
     assert model.config == config.bundled()
-    mean, std = live.latent_summary(model)
+    mean, std = checkpoint.latent_summary(model)
     assert mean.shape == std.shape == (model.config.model.latent,) and np.all(std > 0)
 
 
 def test_bundled_model_ships_its_prior_and_training_facts_and_no_machine_path():
-    model = sample.load_model()
+    model = checkpoint.load()
     assert sample.prior_of(model).name == "fitted"
     assert model.training["value_counts"].sum() == dx7.N_PARAMS * int(model.training["count"])
-    assert "/" not in (model.meta["dataset"]["path"] or "") and "/" not in model.features["dataset"]
+    assert "/" not in (model.meta.dataset.path or "") and "/" not in model.features["dataset"]
 
 
 def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
@@ -33,6 +33,6 @@ def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
         assert cli.main(["generate", "--out", str(tmp_path / f"{name}.syx"), *extra]) == 0
     capsys.readouterr()
     ours = dx7.load(rom)
-    distance = {name: np.median(sample.nearest_distances(dx7.load(tmp_path / f"{name}.syx"), ours))
+    distance = {name: np.median(studies.nearest_distances(dx7.load(tmp_path / f"{name}.syx"), ours))
                 for name in ("like", "default")}
     assert distance["like"] < distance["default"], distance

@@ -1,11 +1,18 @@
-"""End-to-end runs of the model commands on a tiny model trained here on the factory voices."""
+"""End-to-end runs of the model commands on a tiny model trained here on the factory voices, and
+their absl launchers."""
+import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from neuraldx7_jax import config, data, dx7, sample, train
+from conftest import ROOT
+from neuraldx7_jax import checkpoint, config, data, dx7, features, sample, studies, train
 from neuraldx7_jax.cli import main
+from neuraldx7_jax.commands import generate, options
+from neuraldx7_jax.commands import train as train_command
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +23,7 @@ def trained(shared_data, tmp_path_factory):
     data.build_dataset([shared_data / "factory"], root / "data.npz", validation_fraction=0.0, progress=False)
     train.train_and_evaluate(config.test(), root / "data.npz", root / "work", steps=20,
                              checkpoint_every=20, eval_every=20, progress=False)
-    sample.write_features(sample.load_model(root / "work"), root / "data.npz")  # as `train` does at its end
+    features.write(root / "work", root / "data.npz")  # as `train` does at its end
     return root / "work", root / "data.npz"
 
 
@@ -52,8 +59,8 @@ def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
     code, out, _ = run(capsys, "interpolate", a, b, "--out", tmp_path / "i.syx", "--checkpoint", work)
     assert code == 0 and f"wrote {tmp_path / 'i.syx'}: 32 voices" in out
     voices = dx7.load(tmp_path / "i.syx")
-    model = sample.load_model(work)
-    ends = sample.clean_names(sample.reconstruct(model, np.stack([sample.load_voice(a), sample.load_voice(b)])))
+    model = checkpoint.load(work)
+    ends = data.clean_names(sample.reconstruct(model, np.stack([data.load_voice(a), data.load_voice(b)])))
     np.testing.assert_array_equal(voices[[0, -1]], ends)
 
     code, out, _ = run(capsys, "interpolate", a, b, "--out", tmp_path / "s.syx", "--steps", 5, "--slerp",
@@ -70,12 +77,12 @@ def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
                      "--checkpoint", work)
     assert code == 0 and dx7.is_valid(dx7.load(tmp_path / "w.syx")).all()
     code, out, _ = run(capsys, "variations", a, "--out", tmp_path / "d.syx", "--spread", 0.3, "--checkpoint", work)
-    distinct = sample.count_distinct(dx7.load(tmp_path / "d.syx"))
+    distinct = data.count_distinct(dx7.load(tmp_path / "d.syx"))
     assert code == 0 and f"{distinct} of 32 voices are distinct" in out
     assert distinct == 32 or "--redraw replaces duplicates" in out
     code, out, _ = run(capsys, "variations", a, "--out", tmp_path / "r.syx", "--spread", 0.3, "--redraw",
                        "--checkpoint", work)
-    assert code == 0 and sample.count_distinct(dx7.load(tmp_path / "r.syx")) >= distinct
+    assert code == 0 and data.count_distinct(dx7.load(tmp_path / "r.syx")) >= distinct
 
     code, _, err = run(capsys, "interpolate", f"{dataset}:train:0", b, "--out", tmp_path / "e.syx",
                        "--checkpoint", work)
@@ -92,10 +99,10 @@ def test_a_tiny_temperature_is_the_argmax_in_generate(trained, tmp_path, capsys)
 def test_a_model_without_32_usable_voices_says_what_it_kept(trained, tmp_path, capsys, monkeypatch):
     work, _ = trained
     monkeypatch.setattr(sample, "MAX_CANDIDATES", 40)  # a cap the tiny model reaches quickly
-    model = sample.load_model(work)
-    every = next(sample.cartridges(model, 1, 1.0, seed=1))
-    facts = sample.training_facts(every.voices)  # as if all it makes were training voices
-    cart = next(sample.cartridges(model._replace(training=facts), 1, 1.0, seed=1))
+    model = checkpoint.load(work)
+    every = next(sample.cartridges(model, 1, temperature=1.0, seed=1))
+    facts = data.training_facts(every.voices)  # as if all it makes were training voices
+    cart = next(sample.cartridges(model._replace(training=facts), 1, temperature=1.0, seed=1))
     assert sum(cart.redrawn.values()) == 40 and sum(cart.kept.values()) > 0 and "training_copy" in cart.kept
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "c.syx", "--temperature", 0, "--checkpoint", work)
     assert code == 0 and ("note: after 40 candidates it kept" in out) == ("redrew 40" in out)
@@ -118,16 +125,16 @@ def test_features(trained, tmp_path, capsys):
     work, dataset = trained
     code, out, _ = run(capsys, "features", "--out", tmp_path / "f.npz", "--checkpoint", work)
     assert code == 0 and "features.json" in out
-    summary = json.loads(sample.features_path(work).read_text())
+    summary = json.loads(checkpoint.features_path(work).read_text())
     n = sum(len(data.load_dataset(dataset)[s]) for s in data.SPLITS)
     assert summary["count"] == n and summary["dataset"] == dataset.name  # no machine path is stored
-    model = sample.load_model(work / "checkpoints")
+    model = checkpoint.load(work / "checkpoints")
     assert model.features == summary
     latent = config.test().model.latent
     prior = sample.prior_of(model)
     assert prior.name == "fitted" and prior.mean.shape == (latent,) and prior.chol.shape == (latent, latent)
     train_voices = data.load_dataset(dataset)["train"]
-    np.testing.assert_array_equal(model.training["value_counts"], sample.value_counts(train_voices))
+    np.testing.assert_array_equal(model.training["value_counts"], data.value_counts(train_voices))
     assert len(model.training["voice_keys"]) == len(np.unique(train_voices[:, dx7.NON_NAME], axis=0))
     feats = np.load(tmp_path / "f.npz")
     assert feats["zk"].shape == (n, config.test().model.latent)
@@ -172,7 +179,7 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
                        "--json", "--checkpoint", work)
     report = json.loads(out)
     assert report["count"] == 64 and report["names"]["distinct_names_per_cartridge"] == 1.0
-    tv = sample.marginal_tv(np.concatenate([dx7.load(rom / "rom1a.syx"), dx7.load(rom / "rom1b.syx")]),
+    tv = studies.marginal_tv(np.concatenate([dx7.load(rom / "rom1a.syx"), dx7.load(rom / "rom1b.syx")]),
                             dx7.load(rom / "rom2a.syx"))
     assert report["marginal_tv"] == dict(mean=pytest.approx(tv[:145].mean()), algorithm=pytest.approx(tv[dx7.ALG]),
                                          reference_voices=32)
@@ -188,10 +195,10 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     like = dx7.load(tmp_path / "brass.syx")
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
     assert code == 0 and "standard prior" in out
-    model = sample.load_model(work)
-    expected = next(sample.cartridges(model, 1, 0.0, 0, sample.like_prior(model, np.asarray(brass), 0)))
+    model = checkpoint.load(work)
+    expected = next(sample.cartridges(model, 1, temperature=0.0, seed=0, prior=sample.like_prior(model, np.asarray(brass), seed=0)))
     np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
-    standard = next(sample.cartridges(model, 1, 0.0, 0, "standard"))
+    standard = next(sample.cartridges(model, 1, temperature=0.0, seed=0, prior="standard"))
     np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)
     for argv, message in [(["--name", "BRASS"], "give --like too"),
                           (["--like", rom, "--prior", "standard"], "give one"),
@@ -206,7 +213,7 @@ def test_audio_figures_of_duplicates_and_evaluate(trained, shared_data, dexed, c
     work, dataset = trained
     code, out, _ = run(capsys, "duplicates", "--samples", 64, "--audio", 16, "--json", "--checkpoint", work)
     report = json.loads(out)
-    voices = sample.sample_prior(sample.load_model(work), 16)
+    voices = sample.sample_prior(checkpoint.load(work), 16)
     assert report["audio_voices"] == 16
     assert report["audible_fraction"] == audio.audible_fraction(voices)
     assert 0 <= report["training_audible_fraction"] <= 1
@@ -215,3 +222,50 @@ def test_audio_figures_of_duplicates_and_evaluate(trained, shared_data, dexed, c
     report = json.loads(out)
     assert report["audio_voices"] == 32
     assert report["audible_fraction"] == audio.audible_fraction(dx7.load(shared_data / "factory" / "rom1a.syx"))
+
+
+TABLES = dict(train=train_command.OPTIONS, generate=generate.GENERATE, interpolate=generate.INTERPOLATE,
+              variations=generate.VARIATIONS, features=generate.FEATURES, duplicates=generate.DUPLICATES,
+              evaluate=generate.EVALUATE)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_a_launcher_reads_what_the_command_reads(name):
+    """argparse and absl, both built from one option table, give the same values for the same options."""
+    from absl import flags
+
+    table = TABLES[name]
+    argv = {o.name: ["x.syx"] if o.many else "x" if o.type is str and not o.choices else o.choices[0]
+            if o.choices else 3 if o.type is int else 0.5 if o.type is float else ["a.b=1"]
+            for o in table if o.type is not bool}
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, table)
+    ours = ["--" + o.name.replace("_", "-") for o in table if o.type is bool]
+    theirs = ["--" + o.name for o in table if o.type is bool]
+    for o in table:
+        if o.type is bool:
+            continue
+        values = [str(v) for v in argv[o.name]] if isinstance(argv[o.name], list) else [str(argv[o.name])]
+        ours += values if o.positional else ["--" + o.name.replace("_", "-"), *values]
+        theirs += [f"--{o.name}={v}" for v in values]
+    parsed = vars(parser.parse_args(ours))
+    fv = flags.FlagValues()
+    options.define_flags(table, fv)
+    fv(["launcher", *theirs])
+    assert {o.name: parsed[o.name] for o in table} == {o.name: fv[o.name].value for o in table}
+
+
+def test_the_option_tables_name_the_libraries_constants():
+    assert options.PRIORS == sample.PRIORS and options.REDRAW_FACTOR == sample.REDRAW_FACTOR
+
+
+def test_a_launcher_runs_the_command(trained):
+    work, _ = trained
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "duplicate_test.py"),
+                          "--checkpoint", str(work), "--samples", "32", "--batch", "32", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["samples"] == 32
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "evaluate.py"),
+                          "--checkpoint", str(work / "nothing")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and "--file" in out.stderr  # absl: a required flag is missing

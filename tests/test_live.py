@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from neuraldx7_jax import cli, config, dx7, live, sample, train
+from neuraldx7_jax import checkpoint, cli, config, dx7, live, sample, train
 from neuraldx7_jax.errors import Error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(workdir):
     """The checkpoint's model with a latent summary, so CCs sweep mean +/- 3 std."""
-    return sample.load_model(workdir)._replace(features=dict(mean=MEAN, std=STD))
+    return checkpoint.load(workdir)._replace(features=dict(mean=MEAN, std=STD))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_a_missing_bundled_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_no_latent_summary_means_the_prior(workdir):
-    model = sample.load_model(workdir)._replace(features=None)
+    model = checkpoint.load(workdir)._replace(features=None)
     assert live.latent_summary(model) is None
     with pytest.raises(Error, match="positive stds"):
         live.latent_summary(model._replace(features=dict(mean=[0.0] * 4, std=[1.0, 0.0, 1.0, 1.0])))

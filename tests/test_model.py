@@ -82,11 +82,11 @@ def test_positional_table_matches_the_original_formula():
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="multiple of heads"):
-        model.ModelConfig(features=10, heads=3)
+        config.ModelConfig(features=10, heads=3)
     with pytest.raises(ValueError, match="attention_scale"):
-        model.ModelConfig(attention_scale="bogus")
+        config.ModelConfig(attention_scale="bogus")
     with pytest.raises(ValueError, match="compute_dtype"):
-        model.ModelConfig(compute_dtype="float16")
+        config.ModelConfig(compute_dtype="float16")
 
 
 def test_bfloat16_compute_stays_close_to_float32():

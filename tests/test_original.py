@@ -17,7 +17,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from neuraldx7_jax import cli, config, dx7, model, original, sample, train
+from neuraldx7_jax import checkpoint, cli, config, dx7, model, original, sample, train
 from neuraldx7_jax.errors import Error
 
 SRC = Path(os.environ.get("NDX7_SRC") or Path.home() / ".cache/neuraldx7-original/neuralDX7-0.0.8")
@@ -203,7 +203,7 @@ def test_field_order_and_value_mask_match_the_original(parity):
 
 def test_imported_model_computes_what_the_original_does(parity):
     import jax.numpy as jnp
-    loaded = sample.load_model(parity.out)
+    loaded = checkpoint.load(parity.out)
     vae, p = model.VAE(loaded.config.model), {"params": loaded.params}
     x, eps, z = jnp.asarray(parity.x), jnp.asarray(parity.eps), jnp.asarray(parity.z)
     posterior = vae.apply(p, x, eps, method=vae.encode)
@@ -220,9 +220,9 @@ def test_imported_model_computes_what_the_original_does(parity):
 
 
 def test_imported_checkpoint_loads_and_decodes_valid_voices(parity):
-    loaded = sample.load_model(parity.out)
+    loaded = checkpoint.load(parity.out)
     assert loaded.config.model == dataclasses.replace(config.small().model, position_order="original")
-    assert loaded.meta["source"] == dict(original=str(parity.box), heads_from="from the file's config")
+    assert loaded.meta.source == dict(original=str(parity.box), heads_from="from the file's config")
     assert "4 heads (from the file's config), 4 layers" in parity.cli_output
     voices = sample.decode(loaded, parity.z)
     assert voices.shape == (BATCH, dx7.N_PARAMS) and dx7.is_valid(voices).all()

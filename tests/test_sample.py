@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuraldx7_jax import config, dx7, sample
+from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
 from neuraldx7_jax import model as model_lib
 from neuraldx7_jax.errors import Error
 
@@ -23,7 +23,7 @@ def random_model():
                             jnp.zeros((1, cfg.model.latent)))["params"]
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes)
-    return sample.Model(cfg, params, {}, Path("."))
+    return checkpoint.Model(cfg, params, None, Path("."))
 
 
 @pytest.fixture(scope="module")
@@ -40,33 +40,33 @@ def sampler_outputs(model, voices):
     """What the device-count test compares: prior samples (argmax and T = 1), decoding, encoding.
     Tests use chunks of 32 rows: one shape, one compilation per function."""
     z = np.random.default_rng(1).normal(size=(70, model.config.model.latent)).astype(np.float32)
-    return dict(argmax=sample.sample_prior(model, 100, 0.0, seed=3, chunk=32),
-                warm=sample.sample_prior(model, 100, 1.0, seed=3, chunk=32),
-                decoded=sample.decode(model, z, 1.0, seed=4, chunk=32),
-                zk=sample.encode(model, voices, spread=1.0, seed=5, chunk=32)["zk"])
+    return dict(argmax=sample.sample_prior(model, 100, temperature=0.0, seed=3, batch=32),
+                warm=sample.sample_prior(model, 100, temperature=1.0, seed=3, batch=32),
+                decoded=sample.decode(model, z, temperature=1.0, seed=4, batch=32),
+                zk=sample.encode(model, voices, spread=1.0, seed=5, batch=32)["zk"])
 
 
 def test_prior_samples_are_valid_and_reproducible(model):
     for temperature in (0.0, 1.0, 1000.0):  # at T = 1000 every in-range value is about equally likely
-        v = sample.sample_prior(model, 70, temperature, seed=1, chunk=32)
+        v = sample.sample_prior(model, 70, temperature=temperature, seed=1, batch=32)
         assert v.shape == (70, dx7.N_PARAMS) and v.dtype == np.uint8
         assert dx7.is_valid(v).all()
-        np.testing.assert_array_equal(v, sample.sample_prior(model, 70, temperature, seed=1, chunk=32))
+        np.testing.assert_array_equal(v, sample.sample_prior(model, 70, temperature=temperature, seed=1, batch=32))
     few = dx7.MAX <= 7
     np.testing.assert_array_equal(v[:, few].max(0), dx7.MAX[few])  # the top values are reached, never passed
-    assert not np.array_equal(v, sample.sample_prior(model, 70, 1000.0, seed=2, chunk=32))
+    assert not np.array_equal(v, sample.sample_prior(model, 70, temperature=1000.0, seed=2, batch=32))
 
 
 def test_decoding_in_pieces_changes_nothing(model, monkeypatch):
     """On a CPU a call decodes its rows in pieces (`sample.piece_rows`): the same voices."""
-    whole = {t: sample.sample_prior(model, 64, t, seed=7, chunk=64) for t in (0.0, 1.0)}
+    whole = {t: sample.sample_prior(model, 64, temperature=t, seed=7, batch=64) for t in (0.0, 1.0)}
     four_rows = 4 * dx7.N_PARAMS * 3 * model.config.model.features * 4  # bytes
     monkeypatch.setattr(sample, "PIECE_BYTES", four_rows)
     assert sample.piece_rows(model.config.model) == 4
     sample._prior_fn.cache_clear()  # traced with the default pieces
     try:
-        np.testing.assert_array_equal(sample.sample_prior(model, 64, 0.0, seed=7, chunk=64), whole[0.0])
-        warm = sample.sample_prior(model, 64, 1.0, seed=7, chunk=64)
+        np.testing.assert_array_equal(sample.sample_prior(model, 64, temperature=0.0, seed=7, batch=64), whole[0.0])
+        warm = sample.sample_prior(model, 64, temperature=1.0, seed=7, batch=64)
         assert np.mean(warm != whole[1.0]) < 1e-3  # sampled values: equal up to float rounding
     finally:
         sample._prior_fn.cache_clear()
@@ -74,27 +74,27 @@ def test_decoding_in_pieces_changes_nothing(model, monkeypatch):
 
 def test_chunking_changes_nothing(model):
     """Noise comes in blocks of 32 rows keyed by their index: chunk size and count do not matter."""
-    full = sample.sample_prior(model, 100, 1.0, seed=7, chunk=64)
-    chunks = list(sample.sample_prior_chunks(model, 100, 1.0, seed=7, chunk=32))
+    full = sample.sample_prior(model, 100, temperature=1.0, seed=7, batch=64)
+    chunks = list(sample.sample_prior_chunks(model, 100, temperature=1.0, seed=7, batch=32))
     assert [len(c) for c in chunks] == [32, 32, 32, 4]
     # calls of other shapes sum in another order: a value whose draw sits on a rounding edge may move
     assert (np.concatenate(chunks) == full).mean() > 0.999
-    np.testing.assert_array_equal(sample.sample_prior(model, 33, 1.0, seed=7, chunk=64), full[:33])
+    np.testing.assert_array_equal(sample.sample_prior(model, 33, temperature=1.0, seed=7, batch=64), full[:33])
     for temperature in (0.0, 1.0):  # decoding the prior latents with the same seed gives the voices again
-        z, v = next(sample.sample_prior_chunks(model, 32, temperature, seed=7, latents=True))
-        np.testing.assert_array_equal(sample.decode(model, z, temperature, seed=7), v)
+        z, v = next(sample.sample_prior_chunks(model, 32, temperature=temperature, seed=7, latents=True))
+        np.testing.assert_array_equal(sample.decode(model, z, temperature=temperature, seed=7), v)
 
 
 def test_encode_and_reconstruct(model, voices):
-    post = sample.encode(model, voices, chunk=32)
+    post = sample.encode(model, voices, batch=32)
     assert all(a.shape == (40, model.config.model.latent) for a in post.values())
     np.testing.assert_array_equal(post["z0"], post["mu"])  # spread 0: the posterior mean
     assert (post["sigma"] > 0).all()
-    noisy = sample.encode(model, voices, spread=1.0, seed=1, chunk=32)
+    noisy = sample.encode(model, voices, spread=1.0, seed=1, batch=32)
     np.testing.assert_array_equal(noisy["mu"], post["mu"])
     assert not np.allclose(noisy["z0"], post["z0"])
-    rec = sample.reconstruct(model, voices, chunk=32)
-    np.testing.assert_array_equal(rec, sample.decode(model, post["zk"], chunk=32))
+    rec = sample.reconstruct(model, voices, batch=32)
+    np.testing.assert_array_equal(rec, sample.decode(model, post["zk"], batch=32))
     with pytest.raises(Error):
         sample.encode(model, np.full((1, 155), 128))
 
@@ -122,7 +122,7 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
               f"assert jax.device_count() == 4\n"
               f"m = t.random_model(); v = np.load({str(tmp_path / 'voices.npy')!r})\n"
               f"np.savez({str(tmp_path / 'four.npz')!r}, **t.sampler_outputs(m, v))\n"
-              f"list(t.sample.generate_cartridges(m, {str(tmp_path / 'four.syx')!r}, 1, 1.0, seed=9))\n")
+              f"list(t.sample.generate_cartridges(m, {str(tmp_path / 'four.syx')!r}, count=1, temperature=1.0, seed=9))\n")
     np.save(tmp_path / "voices.npy", voices)
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
@@ -132,12 +132,12 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
             np.testing.assert_allclose(four[name], one, rtol=1e-5, atol=1e-5)  # float sums regroup
         else:
             np.testing.assert_array_equal(four[name], one, err_msg=name)
-    list(sample.generate_cartridges(model, tmp_path / "one.syx", 1, 1.0, seed=9))
+    list(sample.generate_cartridges(model, tmp_path / "one.syx", count=1, temperature=1.0, seed=9))
     assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "four.syx").read_bytes()
 
 
 def test_generate_cartridges(model, tmp_path):
-    written = list(sample.generate_cartridges(model, tmp_path / "c.syx", 3, 1.0, seed=2, chunk=32))
+    written = list(sample.generate_cartridges(model, tmp_path / "c.syx", count=3, temperature=1.0, seed=2, batch=32))
     assert [p.name for p, _ in written] == ["c_001.syx", "c_002.syx", "c_003.syx"]
     every = np.concatenate([cart.voices for _, cart in written])
     for path, cart in written:
@@ -148,17 +148,17 @@ def test_generate_cartridges(model, tmp_path):
     assert not dx7.estimated_silent(every).any()
     assert len(np.unique(every[:, dx7.NON_NAME], axis=0)) == 96  # no voice twice, names aside
     assert sum(written[0][1].redrawn.values()) > 0  # random weights make silent voices: redrawn
-    alone = list(sample.generate_cartridges(model, tmp_path / "one.syx", 1, 1.0, seed=2))
+    alone = list(sample.generate_cartridges(model, tmp_path / "one.syx", count=1, temperature=1.0, seed=2))
     assert alone[0][0] == tmp_path / "one.syx"  # cartridge 1 does not depend on the count
     assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "c_001.syx").read_bytes()
-    kept = next(sample.cartridges(model, 1, 1.0, seed=2, allow_silent=True))
+    kept = next(sample.cartridges(model, 1, temperature=1.0, seed=2, allow_silent=True))
     assert kept.redrawn["silent"] == 0 and dx7.estimated_silent(kept.voices).any()
 
 
 def test_cartridges_redraw_copies_of_training_voices(model):
-    first = next(sample.cartridges(model, 1, 0.0, seed=4))
-    facts = sample.training_facts(first.voices[:5])  # as if these five were the training set
-    again = next(sample.cartridges(model._replace(training=facts), 1, 0.0, seed=4))
+    first = next(sample.cartridges(model, 1, temperature=0.0, seed=4))
+    facts = data.training_facts(first.voices[:5])  # as if these five were the training set
+    again = next(sample.cartridges(model._replace(training=facts), 1, temperature=0.0, seed=4))
     assert again.redrawn["training_copy"] == 5
     np.testing.assert_array_equal(again.voices[:27, dx7.NON_NAME], first.voices[5:, dx7.NON_NAME])
 
@@ -173,7 +173,7 @@ def test_the_fitted_prior_moves_and_shapes_the_same_noise(model):
     np.testing.assert_array_equal(voices, sample.decode(model, z))
     standard, _ = next(sample.sample_prior_chunks(fitted, 64, seed=3, latents=True, prior="standard"))
     np.testing.assert_array_equal(standard, eps)
-    assert sample.duplicates_study(fitted, 64, progress=False)["prior"] == "fitted"
+    assert studies.duplicates_study(fitted, 64, progress=False)["prior"] == "fitted"
     with pytest.raises(Error, match="no fitted prior"):
         sample.prior_of(model, "fitted")
 
@@ -193,14 +193,14 @@ def test_fit_prior_recovers_a_gaussian_and_floors_one_point():
 def test_clean_names_and_save_voices(tmp_path):
     v = np.zeros((3, dx7.N_PARAMS), np.uint8)
     v[:, dx7.NAME] = [[65, 0, 31, 32, 126, 127, 66, 10, 90, 97]] * 3
-    clean = sample.clean_names(v)
+    clean = data.clean_names(v)
     assert dx7.voice_name(clean[0]) == "A   ~ B Za"
     assert v[0, 146] == 0  # the input is not changed
-    assert sample.save_voices(tmp_path / "p.syx", v) == 32
+    assert data.save_voices(tmp_path / "p.syx", v) == 32
     back = dx7.load(tmp_path / "p.syx")
     np.testing.assert_array_equal(back, np.concatenate([clean, np.repeat(clean[-1:], 29, axis=0)]))
-    assert sample.cartridge_paths("x/out.syx", 1) == [Path("x/out.syx")]
-    assert sample.cartridge_paths("out.syx", 1000)[-1] == Path("out_1000.syx")
+    assert data.cartridge_paths("x/out.syx", 1) == [Path("x/out.syx")]
+    assert data.cartridge_paths("out.syx", 1000)[-1] == Path("out_1000.syx")
 
 
 def brute_force(samples, training):
@@ -224,14 +224,14 @@ def test_uniqueness_counts_match_brute_force():
                               fresh[rng.integers(0, 500, 100)]])
     samples = samples[rng.permutation(len(samples))]
     samples[:5, 0] = 120  # invalid values count as values
-    counts = sample.count_uniqueness(np.array_split(samples, 13), training)
+    counts = studies.count_uniqueness(np.array_split(samples, 13), training=training)
     expected = brute_force(samples, training)
     assert {k: counts[k] for k in expected} == expected
     assert expected["training_copies"] == 90 and expected["novel"] <= expected["samples"] - 150
     assert counts["unique_fraction"] == expected["distinct"] / len(samples)
     assert counts["valid_fraction"] == dx7.is_valid(samples).mean()
     assert counts["novel_fraction"] == expected["novel"] / len(samples)
-    alone = sample.count_uniqueness([samples])
+    alone = studies.count_uniqueness([samples])
     assert alone["distinct"] == expected["distinct"] and alone["novel"] is None
 
 
@@ -239,7 +239,7 @@ def test_distinct_counter_merges_exactly():
     rng = np.random.default_rng(1)
     rows = rng.integers(0, 3, (5000, dx7.N_PARAMS)).astype(np.uint8)
     rows[::7] = rows[0]
-    counter = sample.DistinctCounter(merge_at=100)  # many merges
+    counter = studies.DistinctCounter(merge_at=100)  # many merges
     for part in np.array_split(rows, 50):
         counter.add(part)
     assert len(counter) == len({bytes(r) for r in rows})
@@ -248,16 +248,16 @@ def test_distinct_counter_merges_exactly():
 
 
 def test_row_set_is_exact_despite_key_collisions(monkeypatch):
-    monkeypatch.setattr(sample, "_HASH", np.ones_like(sample._HASH))  # the key is the row sum
+    monkeypatch.setattr(data, "_HASH", np.ones_like(data._HASH))  # the key is the row sum
     rows = np.array([[1, 2, 3], [3, 2, 1], [2, 2, 2], [0, 0, 9]], np.uint8)
-    members = sample.RowSet(rows[:3])
+    members = studies.RowSet(rows[:3])
     np.testing.assert_array_equal(members.contains(np.array([[2, 2, 2], [1, 1, 4], [3, 2, 1], [0, 0, 9]])),
                                   [True, False, True, False])
 
 
 def test_duplicates_study(model):
-    training = sample.sample_prior(model, 64, 1.0, seed=1, chunk=32)
-    result = sample.duplicates_study(model, 96, chunk=32, temperature=1.0, seed=1, training=training,
+    training = sample.sample_prior(model, 64, temperature=1.0, seed=1, batch=32)
+    result = studies.duplicates_study(model, 96, batch=32, temperature=1.0, seed=1, training=training,
                                      progress=False)
     assert result["samples"] == 96 and result["valid_fraction"] == 1.0
     assert result["training_copies"] == 64  # the same seed draws the training voices again
@@ -267,12 +267,12 @@ def test_duplicates_study(model):
 def test_marginal_baseline():
     rng = np.random.default_rng(2)
     training = rng.integers(0, dx7.MAX.astype(int) + 1, (200, dx7.N_PARAMS)).astype(np.uint8)
-    probs = sample.marginal_baseline(sample.value_counts(training))
+    probs = studies.marginal_baseline(data.value_counts(training))
     np.testing.assert_allclose(probs.sum(-1), 1.0)
     assert (probs[~dx7.value_mask()] == 0).all() and (probs[dx7.value_mask()] > 0).all()
     i = 134  # ALG
     np.testing.assert_allclose(probs[i, :32], (np.bincount(training[:, i], minlength=32) + 1) / (200 + 32))
-    figures = sample.baseline_figures(probs, training[:50])
+    figures = studies.baseline_figures(probs, training[:50])
     mode = probs.argmax(-1)
     assert figures["mode_accuracy"] == pytest.approx((training[:50] == mode).mean())
     expected_ce = -np.mean([np.log(probs[j, v]) for r in training[:50] for j, v in enumerate(r)])
@@ -281,40 +281,40 @@ def test_marginal_baseline():
 
 def test_load_voice_specs(tmp_path, voices):
     dx7.save_cartridge(tmp_path / "c.syx", voices[:32])
-    np.testing.assert_array_equal(sample.load_voice(f"{tmp_path / 'c.syx'}:2"), voices[1])
+    np.testing.assert_array_equal(data.load_voice(f"{tmp_path / 'c.syx'}:2"), voices[1])
     np.savez(tmp_path / "d.npz", train=voices[:30], validation=voices[30:])
-    np.testing.assert_array_equal(sample.load_voice(f"{tmp_path / 'd.npz'}:validation:3"), voices[32])
-    assert len(sample.load_voices(str(tmp_path / "d.npz"))) == 40
-    assert len(sample.load_voices(f"{tmp_path / 'd.npz'}:train")) == 30
+    np.testing.assert_array_equal(data.load_voice(f"{tmp_path / 'd.npz'}:validation:3"), voices[32])
+    assert len(data.load_voices(str(tmp_path / "d.npz"))) == 40
+    assert len(data.load_voices(f"{tmp_path / 'd.npz'}:train")) == 30
     for bad in (f"{tmp_path / 'c.syx'}", f"{tmp_path / 'c.syx'}:0", f"{tmp_path / 'c.syx'}:33",
                 f"{tmp_path / 'nope.syx'}:1"):
         with pytest.raises((Error, OSError)):
-            sample.load_voice(bad)
+            data.load_voice(bad)
 
 
 def test_training_voices_when_the_dataset_is_gone(model):
-    gone = model._replace(meta=dict(dataset=dict(path="/nonexistent/data.npz")))
-    voices, path, why = sample.training_voices(gone)
+    gone = model._replace(meta=checkpoint.Meta(config.test(), dataset=checkpoint.Dataset("/nonexistent/data.npz", 1, 0)))
+    voices, path, why = studies.training_voices(gone)
     assert voices is None and path == "/nonexistent/data.npz" and "not found" in why
     with pytest.raises(Error):
-        sample.training_voices(gone, "/nonexistent/other.npz")
+        studies.training_voices(gone, "/nonexistent/other.npz")
 
 
 @pytest.mark.parametrize("temperature", [1e-40, 1e-45, 1e-37])
 def test_a_tiny_temperature_is_the_argmax(model, temperature):
-    argmax = sample.sample_prior(model, 32, 0.0, seed=6, chunk=32)
-    np.testing.assert_array_equal(sample.sample_prior(model, 32, temperature, seed=6, chunk=32), argmax)
+    argmax = sample.sample_prior(model, 32, temperature=0.0, seed=6, batch=32)
+    np.testing.assert_array_equal(sample.sample_prior(model, 32, temperature=temperature, seed=6, batch=32), argmax)
     z = np.random.default_rng(2).normal(size=(32, model.config.model.latent)).astype(np.float32)
-    np.testing.assert_array_equal(sample.decode(model, z, temperature, chunk=32), sample.decode(model, z, chunk=32))
+    np.testing.assert_array_equal(sample.decode(model, z, temperature=temperature, batch=32), sample.decode(model, z, batch=32))
 
 
 def test_variations_redraw_replaces_duplicates(model, voices):
     plain = sample.variations(model, voices[0], count=32, spread=0.05, seed=3)
     redrawn = sample.variations(model, voices[0], count=32, spread=0.05, seed=3, redraw=True)
-    assert sample.count_distinct(plain) < 32  # the test needs duplicates to replace
-    assert sample.count_distinct(redrawn) > sample.count_distinct(plain)
+    assert data.count_distinct(plain) < 32  # the test needs duplicates to replace
+    assert data.count_distinct(redrawn) > data.count_distinct(plain)
     _, first = np.unique(plain, axis=0, return_index=True)
     kept = plain[np.sort(first)]  # the distinct voices of the first draw come first, in order
     np.testing.assert_array_equal(redrawn[:len(kept)], kept)
     once = sample.variations(model, voices[0], count=32, spread=0.0, redraw=True)
-    assert sample.count_distinct(once) == 1 and len(once) == 32  # nothing else to draw
+    assert data.count_distinct(once) == 1 and len(once) == 32  # nothing else to draw

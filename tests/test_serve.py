@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuraldx7_jax import cli, config, dx7, sample, serve, train
+from neuraldx7_jax import checkpoint, cli, config, data, dx7, sample, serve, train
 from neuraldx7_jax.errors import Error
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,13 +40,13 @@ def workdir(tmp_path_factory):
     np.savez(d / "data.npz", train=voices[:32], validation=voices[32:])
     train.train_and_evaluate(config.test(), d / "data.npz", d / "work", steps=2, checkpoint_every=2,
                              eval_every=2, log_every=2, progress=False)
-    sample.features_path(d / "work").write_text(json.dumps(dict(mean=MEAN, std=STD)))
+    checkpoint.features_path(d / "work").write_text(json.dumps(dict(mean=MEAN, std=STD)))
     return d / "work"
 
 
 @pytest.fixture(scope="module")
 def model(workdir):
-    return sample.load_model(workdir)
+    return checkpoint.load(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def get_json(url):
 
 def cartridge_bytes(model, seed, temperature, tmp_path):
     """What `neuraldx7 generate --seed SEED --temperature T` writes."""
-    (path, _), = sample.generate_cartridges(model, tmp_path / f"{seed}_{temperature}.syx", 1, temperature, seed)
+    (path, _), = sample.generate_cartridges(model, tmp_path / f"{seed}_{temperature}.syx", count=1, temperature=temperature, seed=seed)
     return path.read_bytes()
 
 
@@ -281,7 +281,7 @@ def test_answers_are_those_of_the_library(url, model, tmp_path):
         assert dx7.parse_single_voice(single).tolist() == voices[4].tolist()
     moved = [2.0, -1.0, 0.5, 3.0]
     voice = get_json(url + f"api/voice?seed=1&index=4&z={','.join(map(str, moved))}")
-    expected = sample.clean_names(sample.decode(model, np.float32([moved]), 0.0))[0]  # argmax, as live control
+    expected = data.clean_names(sample.decode(model, np.float32([moved]), temperature=0.0))[0]  # argmax, as live control
     assert voice["values"] == expected.tolist() and voice["name"] == dx7.voice_name(expected)
 
 
@@ -290,7 +290,7 @@ def test_more_like_this_is_generate_like(url, app, model):
     source = app.cartridge_voices(3, 0.0).voices[6]
     got = get_json(url + "api/cartridge?seed=8&like=3:7")
     assert got["like"] == "3:7"
-    expected = next(sample.cartridges(model, 1, 0.0, 8, sample.like_prior(model, source[None], 8)))
+    expected = next(sample.cartridges(model, 1, temperature=0.0, seed=8, prior=sample.like_prior(model, source[None], seed=8)))
     assert [v["name"] for v in got["voices"]] == [dx7.voice_name(v) for v in expected.voices]
     np.testing.assert_allclose(got["latents"], expected.z, rtol=1e-6)
     status, _, body = get(url + "api/cartridge.syx?seed=8&like=3:7")
@@ -337,13 +337,13 @@ def test_concurrent_requests_get_their_own_answers(url, app, model, tmp_path):
         if kind == "syx":
             assert answer == cartridge_bytes(model, seed, arg, tmp_path)
         elif kind == "edit":  # voice 9 moved to z: decoded with its own value noise (its stream row)
-            row = int(next(sample.cartridges(model, 1, 0.5, seed)).rows[8])
+            row = int(next(sample.cartridges(model, 1, temperature=0.5, seed=seed)).rows[8])
             rows = np.repeat(np.float32([arg]), 32, axis=0)
-            voice = sample.decode(model, rows, 0.5, seed, 32, row // 32)[row % 32]
+            voice = sample.decode(model, rows, temperature=0.5, seed=seed, batch=32, first_block=row // 32)[row % 32]
             expected = sample.name_voices(model, np.float32([arg]), voice[None])[0]
             assert answer["values"] == expected.tolist()
         else:
-            voice = next(sample.cartridges(model, 1, arg, seed)).voices[5]
+            voice = next(sample.cartridges(model, 1, temperature=arg, seed=seed)).voices[5]
             assert answer == reference_wav(voice)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuraldx7_jax import cli, config, data, dx7, sample, train
+from neuraldx7_jax import checkpoint, cli, config, data, dx7, sample, train
 from neuraldx7_jax.errors import Error
 
 
@@ -44,7 +44,7 @@ def test_memorises_a_few_voices(dtype):
                                           "train.learning_rate=3e-3", f"model.compute_dtype={dtype}"])
     voices = jnp.asarray(random_voices(4, 2), jnp.int32)
     state = train.init_state(cfg, 0)
-    step = train.make_train_step(cfg, train.make_mesh())
+    step = train.make_train_step(cfg, sample.make_mesh())
     key = jax.random.key(0)
     for _ in range(300):
         state, metrics = step(state, voices, key)
@@ -62,8 +62,9 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
     assert sorted(b) == list(range(1, 13))
     for s in range(1, 13):
         assert b[s] == pytest.approx(a[s], rel=1e-6), s
-    cfg, params, meta = train.load_checkpoint(tmp_path / "b")
-    assert cfg == config.test() and meta["step"] == 12 and meta["dataset"]["train"] == 64
+    meta = checkpoint.load(tmp_path / "b").meta
+    assert meta.config == config.test() and meta.step == 12 and meta.dataset.train == 64
+    assert meta.schedule == checkpoint.Schedule(steps=12, checkpoint_every=5, keep=3, eval_every=100, log_every=1)
     with pytest.raises(Error, match="another config"):
         train.train_and_evaluate(config.small(), dataset, tmp_path / "b", 13)
 
@@ -107,8 +108,7 @@ def test_an_interrupted_save_leaves_the_last_good_checkpoint(dataset, tmp_path):
     partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1234"
     partial.mkdir()
     (partial / "params").mkdir()
-    _, _, meta = train.load_checkpoint(tmp_path)
-    assert meta["step"] == 4
+    assert checkpoint.load(tmp_path).meta.step == 4
 
 
 def test_microbatches_give_the_step_of_the_whole_batch():
@@ -116,7 +116,7 @@ def test_microbatches_give_the_step_of_the_whole_batch():
     runs = {}
     for microbatch in (8, 2, 1):  # one pass of 8 voices, 4 of 2, 8 of 1
         cfg = config.override(config.test(), [f"train.microbatch={microbatch}"])
-        state, step = train.init_state(cfg, 0), train.make_train_step(cfg, train.make_mesh())
+        state, step = train.init_state(cfg, 0), train.make_train_step(cfg, sample.make_mesh())
         losses = []
         for _ in range(3):
             state, metrics = step(state, voices, key)
@@ -131,12 +131,12 @@ def test_microbatches_give_the_step_of_the_whole_batch():
 
 
 def test_pieces_split_rows_evenly_and_join_back():
-    assert [train.pieces(8, m) for m in (8, 4, 3, 1)] == [1, 2, 4, 8]
-    assert train.pieces(6, 4) == 2 and train.pieces(7, 4) == 7
+    assert [sample.pieces(8, m) for m in (8, 4, 3, 1)] == [1, 2, 4, 8]
+    assert sample.pieces(6, 4) == 2 and sample.pieces(7, 4) == 7
     x = jnp.arange(24).reshape(12, 2)
-    split = train.split_rows(x, 3)
+    split = sample.split_rows(x, 3)
     assert split.shape == (3, 4, 2) and split[1, :, 0].tolist() == [2, 8, 14, 20]
-    assert (train.join_rows(split) == x).all()
+    assert (sample.join_rows(split) == x).all()
 
 
 def test_four_devices_give_the_same_loss_as_one(dataset, tmp_path):
@@ -157,7 +157,7 @@ def test_four_devices_give_the_same_loss_as_one(dataset, tmp_path):
         assert runs[4][s] == pytest.approx(runs[1][s], rel=1e-4), s
     # a checkpoint saved by 4 devices loads in a process with another number of them (here: one
     # per core), and holds the same parameters as the 1-device run's
-    four, one = (train.load_checkpoint(tmp_path / f"dev{n}")[1] for n in (4, 1))
+    four, one = (checkpoint.load(tmp_path / f"dev{n}").params for n in (4, 1))
     for a, b in zip(jax.tree.leaves(four), jax.tree.leaves(one)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=5e-4)  # float sums regroup
 
@@ -181,7 +181,7 @@ def test_the_command_says_it_compiles_and_a_finished_run_says_so(dataset, tmp_pa
     records = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     rates = [r["steps_per_s"] for r in records if r["split"] == "train"]
     assert rates[0] is None and all(r > 0 for r in rates[1:])  # the compilation is in none of them
-    model = sample.load_model(tmp_path)  # the command stored the fitted prior and the training facts
+    model = checkpoint.load(tmp_path)  # the command stored the fitted prior and the training facts
     assert sample.prior_of(model).name == "fitted" and model.training["count"] == len(data.load_dataset(dataset)["train"])
     assert cli.main(common) == 0
     out = capsys.readouterr()
@@ -201,7 +201,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(dataset, tmp_path, capsys):
     assert f"{tmp_path / 'checkpoints' / '2'}: damaged or unreadable checkpoint" in err
     (tmp_path / "checkpoints" / "2" / "meta" / "metadata").write_text("{not json")
     with pytest.raises(Error, match="damaged or unreadable checkpoint"):
-        train.load_checkpoint(tmp_path)
+        checkpoint.load(tmp_path)
 
 
 def test_init_from_starts_a_new_run_from_a_trained_models_parameters(dataset, tmp_path, capsys):
@@ -210,10 +210,10 @@ def test_init_from_starts_a_new_run_from_a_trained_models_parameters(dataset, tm
     common = ["train", "--config", "test", "--data", str(dataset), "--steps", "1", "--warmup-steps", "5"]
     assert cli.main([*common, "--workdir", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")]) == 0
     assert "starting from the parameters of" in capsys.readouterr().err
-    _, a, _ = train.load_checkpoint(tmp_path / "a")
-    _, b, meta = train.load_checkpoint(tmp_path / "b")
+    a = checkpoint.load(tmp_path / "a").params
+    b, meta = checkpoint.load(tmp_path / "b")[1:3]
     fresh = train.init_state(config.test(), 0).params  # where a new run of this seed starts
-    assert meta["step"] == 1 and meta["init_from"] == str(tmp_path / "a")
+    assert meta.step == 1 and meta.init_from == str(tmp_path / "a")
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(fresh)))
     # another model config is refused in one line naming the checkpoint and the field

@@ -8,7 +8,7 @@ import argparse
 
 import numpy as np
 
-from neuraldx7_jax import audio, data, live, sample
+from neuraldx7_jax import audio, checkpoint, data, sample
 
 
 def main():
@@ -17,13 +17,13 @@ def main():
     ap.add_argument("--checkpoint", help="model work directory (default: the bundled model)")
     ap.add_argument("--samples", type=int, default=2048, help="prior samples to render")
     a = ap.parse_args()
-    model = sample.load_model(a.checkpoint)
+    model = checkpoint.load(a.checkpoint)
     z, voices = map(np.concatenate, zip(*sample.sample_prior_chunks(model, a.samples, latents=True)))
     loud = audio.audible(voices)
     val = data.load_dataset(a.data)["validation"][:a.samples]
     print(f"audible: prior samples {loud.mean():.3f}, validation voices {audio.audible(val).mean():.3f}, "
           f"their reconstructions {audio.audible(sample.reconstruct(model, val)).mean():.3f}")
-    summary = live.latent_summary(model)
+    summary = checkpoint.latent_summary(model)
     if summary is not None:
         print("latent mean of training voices:", np.round(summary[0], 2))
     print("latent mean of quiet samples:   ", np.round(z[~loud].mean(0), 2))

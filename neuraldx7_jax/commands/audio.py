@@ -1,8 +1,6 @@
 """Audio command: render (needs the `audio` extra; neuraldx7_jax.audio is imported only when it runs)."""
-import warnings
-
 from neuraldx7_jax import dx7
-from neuraldx7_jax.cli import command
+from neuraldx7_jax.commands.options import command
 from neuraldx7_jax.errors import Error
 
 
@@ -52,14 +50,13 @@ def render(parser):
     def run(args):
         from neuraldx7_jax import audio
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", dx7.FormatWarning)
-            voices = dx7.load(args.file)
-        for w in caught:
-            print(f"warning: {w.message}")
+        voices, warned = dx7.load_with_warnings(args.file)
+        for text in warned:
+            print(f"warning: {text}")
         numbers = parse_voices(args.voices, len(voices))
-        rows, png = audio.render_to_dir(voices[[n - 1 for n in numbers]], numbers, args.out_dir, args.note,
-                                        args.velocity, args.seconds, args.sample_rate, args.plot)
+        rows, png = audio.render_to_dir(voices[[n - 1 for n in numbers]], numbers, args.out_dir, note=args.note,
+                                        velocity=args.velocity, seconds=args.seconds,
+                                        sample_rate=args.sample_rate, plot=args.plot)
         print(f"{'voice':>5s}  {'name':10s}  {'RMS dBFS':>8s}  {'peak dBFS':>9s}  file")
         for row in rows:
             flags = ("  SILENT" if row["silent"] else "") + (

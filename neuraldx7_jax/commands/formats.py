@@ -1,10 +1,9 @@
 """Format and dataset commands: info, dataset build, dataset info."""
-import warnings
 from collections import Counter
 from pathlib import Path
 
 from neuraldx7_jax import data, dx7
-from neuraldx7_jax.cli import command
+from neuraldx7_jax.commands.options import command
 from neuraldx7_jax.errors import Error
 
 
@@ -23,31 +22,27 @@ def info(parser):
         head, sep, index = args.file.rpartition(":")
         if sep and index.isdigit() and not Path(args.file).exists():
             return _show_voice(args.file, head, int(index), args.strict)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", dx7.FormatWarning)
-            voices = dx7.load(args.file, strict=args.strict)
+        voices, warned = dx7.load_with_warnings(args.file, strict=args.strict)
         valid = dx7.is_valid(voices)
         print(f"{args.file}: {len(voices)} voices, {valid.sum()} valid")
         for n, (voice, ok) in enumerate(zip(voices, valid), 1):
             bad = "" if ok else "  out of range: " + ", ".join(dx7.out_of_range(voice))
             print(f"{dx7.voice_line(n, voice)}  {'valid' if ok else 'INVALID'}{bad}")
-        for w in caught:
-            print(f"warning: {w.message}")
+        for text in warned:
+            print(f"warning: {text}")
     return run
 
 
 def _show_voice(spec, file, index, strict):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", dx7.FormatWarning)
-        voices = dx7.load(file, strict=strict)
+    voices, warned = dx7.load_with_warnings(file, strict=strict)
     if not 1 <= index <= len(voices):
         raise Error(f"{spec}: no voice {index}; {file} holds {len(voices)} (numbered from 1)")
     voice = voices[index - 1]
     print(f"{file}: voice {index} of {len(voices)}, "
           + ("valid" if dx7.is_valid(voice[None])[0] else "out of range: " + ", ".join(dx7.out_of_range(voice))))
     print(dx7.describe_voice(voice))
-    for w in caught:
-        print(f"warning: {w.message}")
+    for text in warned:
+        print(f"warning: {text}")
 
 
 @command("dataset", "Build a training dataset from DX7 files, or summarise one.")
@@ -79,7 +74,8 @@ def dataset(parser):
 
 def _build(args):
     dx7.check_writable(args.out)
-    _print_build(data.build_dataset(args.sources, args.out, args.validation_fraction, args.clamp, args.strict))
+    _print_build(data.build_dataset(args.sources, args.out, validation_fraction=args.validation_fraction,
+                                    clamp=args.clamp, strict=args.strict))
 
 
 def _print_build(summary):

@@ -1,7 +1,7 @@
 """MIDI commands: ports, send. Live control itself is `tools/live.py`."""
 import warnings
 
-from neuraldx7_jax.cli import command
+from neuraldx7_jax.commands.options import command
 
 BACKEND_HELP = ("jack: a JACK client; rtmidi: the system's MIDI through rtmidi (ALSA, CoreMIDI, "
                 "Windows MM, or the API --rtmidi-api names)")

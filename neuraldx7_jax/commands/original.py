@@ -1,5 +1,5 @@
 """`neuraldx7 import-original`: the original NeuralDX7's PyTorch weights -> a checkpoint here."""
-from neuraldx7_jax.cli import command
+from neuraldx7_jax.commands.options import command
 
 
 @command("import-original", "Convert an original NeuralDX7 checkpoint (.box) into a checkpoint here.")

@@ -1,5 +1,5 @@
 """Serve command: the local "this DX7 cartridge does not exist" page."""
-from neuraldx7_jax.cli import command
+from neuraldx7_jax.commands.options import command
 
 
 @command("serve", "Serve a local page that generates cartridges, plays their voices and steers the latent.")
@@ -19,5 +19,5 @@ def serve(parser):
     def run(args):
         from neuraldx7_jax import serve as serve_lib
 
-        serve_lib.run(args.checkpoint, args.host, args.port, announce=lambda line: print(line, flush=True))
+        serve_lib.run(args.checkpoint, host=args.host, port=args.port, announce=lambda line: print(line, flush=True))
     return run

@@ -1,0 +1,129 @@
+"""Option tables: each command's options, declared once, from which both its argparse parser
+(`neuraldx7 COMMAND`) and its absl launcher (`experiments/dx7_vae/*.py`) are built, so the two
+cannot drift. Also the registry of the subcommands (`command`). Imports nothing heavy."""
+import sys
+from typing import Any, Callable, NamedTuple
+
+from neuraldx7_jax.errors import Error
+
+PRIORS = ("fitted", "standard")  # sample.PRIORS (a test checks), named here so --help imports no JAX
+REDRAW_FACTOR = 16  # sample.REDRAW_FACTOR
+
+
+class Option(NamedTuple):
+    """One option: `--name-with-dashes` in argparse (or a positional argument), `--name` in absl."""
+    name: str  # with underscores
+    type: type = str  # str, int, float, bool (a switch) or list (repeatable)
+    default: Any = None
+    help: str = ""
+    choices: tuple = ()
+    required: bool = False
+    positional: bool = False  # argparse: a positional argument (absl: a flag)
+    many: bool = False  # one or more values (argparse nargs="+"; absl: repeated)
+    const: Any = None  # argparse: the value when the option is given without one (nargs="?")
+    metavar: str | None = None
+
+
+def add_arguments(parser, options):
+    """Adds `options` to an argparse parser."""
+    for o in options:
+        kw = dict(help=o.help)
+        if o.metavar:
+            kw["metavar"] = o.metavar
+        if o.type is bool:
+            parser.add_argument("--" + o.name.replace("_", "-"), action="store_true", **kw)
+            continue
+        if o.type is list:
+            parser.add_argument("--" + o.name.replace("_", "-"), action="append", default=[], **kw)
+            continue
+        kw.update(type=o.type, choices=o.choices or None)
+        if o.many:
+            kw["nargs"] = "+"
+        elif o.const is not None:
+            kw.update(nargs="?", const=o.const)
+        if o.positional:
+            parser.add_argument(o.name, **kw)
+        else:
+            parser.add_argument("--" + o.name.replace("_", "-"), default=o.default, required=o.required, **kw)
+
+
+def define_flags(options, flag_values=None):
+    """Defines `options` as absl flags in `flag_values` (default: absl's FLAGS); positional
+    arguments become flags of the same name."""
+    from absl import flags
+
+    where = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
+
+    for o in options:
+        if o.type is list or o.many:
+            flags.DEFINE_multi_string(o.name, (o.default or []) if o.type is list else None, o.help, **where)
+        elif o.choices and o.type is str:
+            flags.DEFINE_enum(o.name, o.default, list(o.choices), o.help, **where)
+        else:
+            define = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                      bool: flags.DEFINE_bool}[o.type]
+            define(o.name, False if o.type is bool else o.default, o.help, **where)
+        if o.required or o.positional:
+            flags.mark_flag_as_required(o.name, **where)
+
+
+def launch(options, run):
+    """An absl launcher: `options` as flags, then `run(FLAGS)`; an Error is one line and exit 2."""
+    from absl import app, flags
+
+    define_flags(options)
+
+    def main(argv):
+        del argv
+        try:
+            return run(flags.FLAGS) or 0
+        except (Error, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    app.run(main)
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    setup: Callable  # setup(sub_parser) -> handler(args)
+
+
+COMMANDS = []  # in the order of `neuraldx7 --help`
+
+
+def command(name, help):
+    """Registers `setup(sub_parser) -> handler(args)` as the subcommand `name`."""
+    def register(setup):
+        COMMANDS.append(Command(name, help, setup))
+        return setup
+    return register
+
+
+def subcommand(name, help, description, options):
+    """Registers the subcommand `name` whose options are the table `options`, handled by the
+    decorated `run(args)`."""
+    def register(run):
+        def setup(parser):
+            parser.description = description
+            add_arguments(parser, options)
+            return run
+        COMMANDS.append(Command(name, help, setup))
+        return run
+    return register
+
+
+CHECKPOINT = Option("checkpoint", help="a training work directory or its checkpoints/ folder, or 'bundled' "
+                    "(default: the bundled model)", metavar="DIR")
+SEED = Option("seed", int, 0, "random seed; the same seed gives the same output (default: 0)")
+AUDIO = Option("audio", int, None, "also render N voices (default 1024) at C4 through Dexed and report the "
+               "audible fraction (RMS above -60 dBFS), beside the training data's; needs the audio extra",
+               const=1024, metavar="N")
+PRIOR = Option("prior", str, None, "where latents are drawn: 'fitted', the density of the training set's "
+               "latents stored with the model (the default when it has one), or 'standard', N(0, I) as "
+               "the original did", choices=PRIORS)
+TEMPERATURE = Option("temperature", float, 0.0, "0 takes the most likely value of each parameter "
+                     "(default); > 0 samples from softmax(logits / T)")
+BATCH = Option("batch", int, None, "voices per device call (default: 256 on CPU, 4096 on GPU/TPU); "
+               "results do not depend on it")
+JSON = Option("json", bool, help="print the figures as JSON")

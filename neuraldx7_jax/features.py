@@ -1,0 +1,52 @@
+"""What a model needs of its data, fitted after training: the latent summary (each dimension's
+mean and std over the dataset, live control's ranges), the fitted prior (generation's default)
+and the training facts (`data.training_facts`), stored beside its checkpoints.
+"""
+import io
+from pathlib import Path
+
+import numpy as np
+
+from neuraldx7_jax import checkpoint as checkpoint_lib
+from neuraldx7_jax import dx7, sample
+from neuraldx7_jax import data as data_lib
+from neuraldx7_jax.errors import Error
+
+
+def compute(model, voices, *, batch=None):
+    """Posterior of every voice, dict(mu, sigma, zk) (n, Z), and the per-dimension mean and std
+    of zk, the flowed posterior mean: the decoder's input space, which live control spans."""
+    post = sample.encode(model, voices, batch=batch)
+    return dict(mu=post["mu"], sigma=post["sigma"], zk=post["zk"],
+                mean=post["zk"].mean(0), std=post["zk"].std(0))
+
+
+def write(checkpoint=None, data=None, *, out=None, batch=None):
+    """What a model needs of its data, stored beside its checkpoints: features.json (the
+    per-dimension mean and std of every voice's zk, for live control's ranges; the fitted prior)
+    and training.npz (`training_facts`). The training voices are the `train` split of a dataset
+    .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
+    summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
+    The model is `checkpoint_lib.load(checkpoint)`."""
+    if out is not None:
+        dx7.check_writable(out)
+    model = checkpoint_lib.load(checkpoint)
+    data = data or checkpoint_lib.dataset_path(model)
+    if data is None:
+        raise Error("the checkpoint names no dataset; pass --data")
+    voices = data_lib.load_voices(str(data))
+    training = data_lib.load_voices(f"{data}:train") if str(data).lower().endswith(".npz") else voices
+    if not len(voices) or not len(training):
+        raise Error(f"{data}: no voices")
+    feats = compute(model, voices, batch=batch)
+    if out is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, voices=voices, **feats)
+        dx7.write_atomic(out, buffer.getvalue())
+    prior = sample.fit_training_prior(model, training)
+    cov = prior.chol.astype(np.float64) @ prior.chol.T.astype(np.float64)
+    summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,
+                   count=len(voices), prior=dict(mean=prior.mean.tolist(), cov=cov.tolist(),
+                                                 voices=len(training), draws=sample.PRIOR_DRAWS))
+    checkpoint_lib.write_features(model, summary, data_lib.training_facts(training))
+    return summary
