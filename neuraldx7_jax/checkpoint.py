@@ -7,6 +7,7 @@ bundled model is such a folder inside the package. Everything else asks this mod
 `Model`.
 """
 import dataclasses
+import io
 import json
 import shutil
 from pathlib import Path
@@ -63,12 +64,12 @@ class Meta:
 
     @classmethod
     def from_dict(cls, d):
-        d = dict(d)
-        return cls(config=Config.from_dict(d.pop("config")), step=d.pop("step", 0), seed=d.pop("seed", None),
-                   dataset=Dataset(**d.pop("dataset")) if d.get("dataset") else d.pop("dataset", None),
-                   schedule=Schedule(**d.pop("schedule")) if d.get("schedule") else d.pop("schedule", None),
-                   init_from=d.pop("init_from", None), source=d.pop("source", None),
-                   version=d.pop("version", 1))
+        """From `to_dict`'s JSON, or a version 1 one (no version, schedule or init_from key)."""
+        dataset, schedule = d.get("dataset"), d.get("schedule")
+        return cls(config=Config.from_dict(d["config"]), step=d.get("step", 0), seed=d.get("seed"),
+                   dataset=Dataset(**dataset) if dataset else None,
+                   schedule=Schedule(**schedule) if schedule else None,
+                   init_from=d.get("init_from"), source=d.get("source"), version=d.get("version", 1))
 
 
 class Model(NamedTuple):
@@ -208,7 +209,6 @@ def load(path=None, *, step=None):
 
 def write_features(model, summary, facts):
     """Stores `summary` (features.json) and the training `facts` (training.npz) beside the model."""
-    import io
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **facts)
     dx7.write_atomic(training_path(model.path), buffer.getvalue())

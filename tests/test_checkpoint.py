@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import random_voices
 from neuraldx7_jax import checkpoint, cli, config, features, train
 from neuraldx7_jax.errors import Error
 
@@ -52,7 +53,7 @@ def test_a_model_that_names_no_dataset_is_one_line_not_a_traceback(tmp_path, cap
 
 
 def test_bundle_keeps_params_meta_and_features_and_cuts_the_dataset_path(tmp_path):
-    voices = np.random.default_rng(0).integers(0, 100, (40, 155)).astype(np.uint8) % 2
+    voices = random_voices(40)
     np.savez(tmp_path / "data.npz", train=voices[:32], validation=voices[32:])
     meta = checkpoint.Meta(config=config.test(), step=3, seed=0,
                            dataset=checkpoint.Dataset(str(tmp_path / "data.npz"), 32, 8))

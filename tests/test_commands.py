@@ -9,22 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from neuraldx7_jax import checkpoint, config, data, dx7, features, sample, studies, train
+from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
 from neuraldx7_jax.commands import train as train_command
-
-
-@pytest.fixture(scope="session")
-def trained(shared_data, tmp_path_factory):
-    """(work directory, dataset) of the test config trained 20 steps on the factory cartridges."""
-    root = tmp_path_factory.mktemp("trained")
-    # No validation split: training then compiles no evaluation step.
-    data.build_dataset([shared_data / "factory"], root / "data.npz", validation_fraction=0.0, progress=False)
-    train.train_and_evaluate(config.test(), root / "data.npz", root / "work", steps=20,
-                             checkpoint_every=20, eval_every=20, progress=False)
-    features.write(root / "work", root / "data.npz")  # as `train` does at its end
-    return root / "work", root / "data.npz"
 
 
 def run(capsys, *argv):

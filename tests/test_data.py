@@ -3,19 +3,16 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import random_voices
 from neuraldx7_jax import cli, data, dx7
 from neuraldx7_jax.errors import Error
-
-
-def random_voices(seed, n):
-    return np.random.default_rng(seed).integers(0, dx7.MAX.astype(int) + 1, (n, dx7.N_PARAMS)).astype(np.uint8)
 
 
 @pytest.fixture
 def tree(tmp_path):
     """A small collection: 2 cartridges (one repeating 5 voices of the other, one with 3 invalid voices),
     a compact .bin, a non-DX7 .syx and a README that the walk ignores."""
-    a, b, c = random_voices(0, 32), random_voices(1, 32), random_voices(2, 7)
+    a, b, c = random_voices(32, 0), random_voices(32, 1), random_voices(7, 2)
     b[:5] = a[10:15]
     b[20, 0], b[21, 142], b[22, 20] = 120, 7, 15
     (tmp_path / "src" / "sub").mkdir(parents=True)
@@ -153,10 +150,10 @@ def test_cli_info_and_dataset(tree, capsys):
 
 def test_voices_of_damaged_messages_are_counted_and_strict_drops_them(tree, capsys):
     root, (a, b, c) = tree
-    d = random_voices(3, 32)
+    d = random_voices(32, 3)
     message = dx7.cartridge_message(d)
     (root / "src" / "damaged.syx").write_bytes(message[:-2] + bytes([(message[-2] + 1) & 0x7F, 0xF7]))
-    (root / "src" / "nof7.syx").write_bytes(dx7.cartridge_message(random_voices(4, 32))[:-1] + b"\x00")
+    (root / "src" / "nof7.syx").write_bytes(dx7.cartridge_message(random_voices(32, 4))[:-1] + b"\x00")
     summary = data.build_dataset([root / "src"], root / "d.npz", progress=False)
     assert (summary["strict"], summary["damaged_kept"], summary["damaged_dropped"]) == (False, 64, 0)
     assert summary["train"] + summary["validation"] == 63 + 64
@@ -174,7 +171,7 @@ def test_voices_of_damaged_messages_are_counted_and_strict_drops_them(tree, caps
 
 def test_a_file_of_headers_gives_a_short_reason(tmp_path):
     (tmp_path / "h.syx").write_bytes(bytes([0xF0, 0x43, 0, 9, 0x20, 0]) * (1 << 18))
-    dx7.save_cartridge(tmp_path / "a.syx", random_voices(5, 32))
+    dx7.save_cartridge(tmp_path / "a.syx", random_voices(32, 5))
     summary = data.build_dataset([tmp_path], tmp_path / "d.npz", progress=False)
     (rel, reason), = summary["files_skipped"]
     assert rel == "h.syx" and len(reason) < 2000 and "more problems" in reason

@@ -4,12 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import random_voices
 from neuraldx7_jax import dx7
 from neuraldx7_jax.errors import Error
-
-
-def random_voices(seed, n=64):
-    return np.random.default_rng(seed).integers(0, dx7.MAX.astype(int) + 1, (n, dx7.N_PARAMS)).astype(np.uint8)
 
 
 def used_bits():
@@ -58,7 +55,7 @@ def test_packed_layout_matches_the_format_doc():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_pack_unpack_round_trip(seed):
-    voices = random_voices(seed)
+    voices = random_voices(64, seed)
     packed = dx7.pack(voices)
     assert packed.shape == (64, 128) and packed.dtype == np.uint8
     assert np.array_equal(dx7.unpack(packed), voices)
@@ -108,7 +105,7 @@ def test_single_voice_message_round_trip():
 
 
 def test_several_messages_any_channel_other_sysex_between(tmp_path):
-    a, b, c = random_voices(2, 32), random_voices(3, 32), random_voices(4, 1)
+    a, b, c = random_voices(32, 2), random_voices(32, 3), random_voices(1, 4)
     roland = bytes([0xF0, 0x41, 0x10, 0x42, 0x12, 0x40, 0x00, 0x7F, 0x00, 0x41, 0xF7])
     path = write(tmp_path / "mix.SYX", bulk(a, 0), roland, dx7.single_voice_message(c[0], 15),
                  b"\x00junk", bulk(b, 9))
@@ -119,7 +116,7 @@ def test_several_messages_any_channel_other_sysex_between(tmp_path):
 
 
 def test_headerless_bank_and_compact_bin(tmp_path):
-    voices = random_voices(5, 32)
+    voices = random_voices(32, 5)
     assert np.array_equal(dx7.load(write(tmp_path / "bank.syx", dx7.pack(voices).tobytes())), voices)
     assert np.array_equal(dx7.load(write(tmp_path / "c.bin", dx7.pack(voices[:3]).tobytes())), voices[:3])
     with pytest.raises(dx7.FormatError, match="not DX7 data"):
@@ -127,7 +124,7 @@ def test_headerless_bank_and_compact_bin(tmp_path):
 
 
 def test_wrong_or_missing_checksum_warns_and_strict_drops(tmp_path):
-    a, b = random_voices(6, 32), random_voices(7, 32)
+    a, b = random_voices(32, 6), random_voices(32, 7)
     wrong = (dx7.checksum(dx7.pack(b).tobytes()) + 1) & 0x7F
     path = write(tmp_path / "bad.syx", bulk(a), bulk(b, check=wrong))
     with pytest.warns(dx7.ChecksumWarning, match=r"bad\.syx: message 2 at byte 4104: checksum"):
@@ -140,7 +137,7 @@ def test_wrong_or_missing_checksum_warns_and_strict_drops(tmp_path):
 
 
 def test_bit7_and_unused_bits_are_ignored(tmp_path):
-    voices = random_voices(8, 32)
+    voices = random_voices(32, 8)
     packed = dx7.pack(voices)
     dirty = packed | (~np.tile(used_bits(), (32, 1)) & np.uint8(0xFF))  # every ignored bit set
     data = dirty.tobytes()
@@ -153,7 +150,7 @@ def test_bit7_and_unused_bits_are_ignored(tmp_path):
 
 
 def test_out_of_range_fields_survive_and_are_invalid(tmp_path):
-    voices = random_voices(9, 32)
+    voices = random_voices(32, 9)
     voices[3, 0], voices[3, 20], voices[3, 142] = 120, 15, 7  # OP6 R1, OP6 DET, LFW
     loaded = dx7.load(write(tmp_path / "range.syx", bulk(voices)))
     assert np.array_equal(loaded, voices)
@@ -167,7 +164,7 @@ def test_out_of_range_fields_survive_and_are_invalid(tmp_path):
 
 
 def test_truncated_files(tmp_path):
-    a = random_voices(10, 32)
+    a = random_voices(32, 10)
     cut = write(tmp_path / "cut.syx", bulk(a)[:2000])
     with pytest.raises(dx7.FormatError, match=r"cut\.syx: message 1 at byte 0: truncated"):
         dx7.load(cut)
@@ -194,7 +191,7 @@ def test_unreadable_files(tmp_path, name, content, reason):
 
 
 def test_read_file_reports_without_raising_or_warning(tmp_path):
-    a = random_voices(11, 32)
+    a = random_voices(32, 11)
     path = write(tmp_path / "bad.syx", bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -205,7 +202,7 @@ def test_read_file_reports_without_raising_or_warning(tmp_path):
 
 
 def test_save_cartridge_and_single_voice(tmp_path):
-    voices = random_voices(12, 64)
+    voices = random_voices(64, 12)
     dx7.save_cartridge(tmp_path / "two.syx", voices, channel=3)
     raw = (tmp_path / "two.syx").read_bytes()
     assert len(raw) == 2 * 4104 and raw[2] == 3 and raw[4104 + 2] == 3
@@ -250,7 +247,7 @@ def test_header_only_file_is_one_short_message_fast(tmp_path):
 
 
 def test_repeated_problems_are_counted_not_listed(tmp_path):
-    a = random_voices(13, 32)
+    a = random_voices(32, 13)
     bad = bulk(a, check=(dx7.checksum(dx7.pack(a).tobytes()) + 1) & 0x7F)
     path = write(tmp_path / "many.syx", bad * 40)
     with warnings.catch_warnings(record=True) as caught:
@@ -264,7 +261,7 @@ def test_repeated_problems_are_counted_not_listed(tmp_path):
 
 @pytest.mark.parametrize("header", [dx7.BULK_HEADER, dx7.SINGLE_HEADER], ids=["bulk", "single"])
 def test_a_header_inside_a_framed_message_is_data(tmp_path, header):
-    voices = random_voices(14, 32)
+    voices = random_voices(32, 14)
     packed = dx7.pack(voices)
     packed[3, 118:124] = np.frombuffer(header, np.uint8)  # the name bytes (and bit 7) form a header
     data = packed.tobytes()
@@ -279,7 +276,7 @@ def test_a_header_inside_a_framed_message_is_data(tmp_path, header):
 
 
 def test_strict_drops_messages_with_wrong_framing(tmp_path):
-    a, b = random_voices(15, 32), random_voices(16, 32)
+    a, b = random_voices(32, 15), random_voices(32, 16)
     path = write(tmp_path / "nof7.syx", bulk(a)[:-1] + b"\x00", bulk(b))  # message 1: no F7 after the checksum
     with pytest.warns(dx7.FormatWarning, match="message 1 at byte 0: no F7"):
         assert np.array_equal(dx7.load(path), np.concatenate([a, b]))
@@ -300,7 +297,7 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
         p.write_bytes(b"partial")
         if p != young:
             os.utime(p, (old, old))
-    dx7.save_cartridge(tmp_path / "new.syx", random_voices(17, 32))
+    dx7.save_cartridge(tmp_path / "new.syx", random_voices(32, 17))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [young.name, "new.syx"] + [p.name for p in theirs])
 
@@ -314,7 +311,7 @@ def test_unwritable_destinations_name_the_path_given(tmp_path):
             dx7.check_writable(bad)
         assert str(e.value).startswith(f"{bad}: ")
         with pytest.raises(Error) as e:
-            dx7.save_cartridge(bad, random_voices(18, 32))
+            dx7.save_cartridge(bad, random_voices(32, 18))
         assert str(e.value).startswith(f"{bad}: ") and ".tmp" not in str(e.value)
     dx7.check_writable(tmp_path / "new" / "dir" / "x.syx", tmp_path / "y.syx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.syx", "file"]  # nothing created

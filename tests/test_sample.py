@@ -3,37 +3,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import make_random_model, random_voices  # noqa: F401  (the subprocess below uses the first)
 from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
-from neuraldx7_jax import model as model_lib
 from neuraldx7_jax.errors import Error
 
 HERE = Path(__file__).resolve().parent
 
 
-def random_model():
-    """The tiny test model with random parameters (shapes from eval_shape: no compilation)."""
-    cfg = config.test()
-    vae = model_lib.VAE(cfg.model)
-    shapes = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((1, dx7.N_PARAMS), jnp.int32),
-                            jnp.zeros((1, cfg.model.latent)))["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes)
-    return checkpoint.Model(cfg, params, None, Path("."))
-
-
 @pytest.fixture(scope="module")
-def model():
-    return random_model()
+def model(random_model):
+    return random_model
 
 
 @pytest.fixture(scope="module")
 def voices():
-    return np.random.default_rng(0).integers(0, dx7.MAX.astype(int) + 1, (40, dx7.N_PARAMS)).astype(np.uint8)
+    return random_voices(40)
 
 
 def sampler_outputs(model, voices):
@@ -120,7 +107,7 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
     """The samplers on 4 simulated CPU devices (a subprocess) give what one device gives here."""
     script = (f"import sys, numpy as np, jax; sys.path.insert(0, {str(HERE)!r}); import test_sample as t\n"
               f"assert jax.device_count() == 4\n"
-              f"m = t.random_model(); v = np.load({str(tmp_path / 'voices.npy')!r})\n"
+              f"m = t.make_random_model(); v = np.load({str(tmp_path / 'voices.npy')!r})\n"
               f"np.savez({str(tmp_path / 'four.npz')!r}, **t.sampler_outputs(m, v))\n"
               f"list(t.sample.generate_cartridges(m, {str(tmp_path / 'four.syx')!r}, count=1, temperature=1.0, seed=9))\n")
     np.save(tmp_path / "voices.npy", voices)

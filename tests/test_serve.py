@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import random_voices
 from neuraldx7_jax import checkpoint, cli, config, data, dx7, sample, serve, train
 from neuraldx7_jax.errors import Error
 
@@ -36,7 +37,7 @@ def needed(reason):
 def workdir(tmp_path_factory):
     """A real checkpoint of the test preset, two steps on random valid voices, with a latent summary."""
     d = tmp_path_factory.mktemp("serve")
-    voices = np.random.default_rng(0).integers(0, dx7.MAX.astype(int) + 1, (40, dx7.N_PARAMS)).astype(np.uint8)
+    voices = random_voices(40)
     np.savez(d / "data.npz", train=voices[:32], validation=voices[32:])
     train.train_and_evaluate(config.test(), d / "data.npz", d / "work", steps=2, checkpoint_every=2,
                              eval_every=2, log_every=2, progress=False)

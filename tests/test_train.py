@@ -9,13 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuraldx7_jax import checkpoint, cli, config, data, dx7, sample, train
+from conftest import random_voices
+from neuraldx7_jax import checkpoint, cli, config, data, sample, train
 from neuraldx7_jax.errors import Error
-
-
-def random_voices(n, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 128, (n, dx7.N_PARAMS)) % (dx7.MAX.astype(int) + 1)).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
