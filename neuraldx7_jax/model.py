@@ -176,7 +176,7 @@ class Encoder(nn.Module):
     def __call__(self, x_BxNxF):
         g, b = PositionalFiLM(self.config, name="positional")()
         for i in range(self.config.layers):
-            x_BxNxF = AttentionLayer(self.config, name=f"layer_{i}")(g * x_BxNxF + b)
+            x_BxNxF = AttentionLayer(self.config, name=f"layer_{i}")(g[None] * x_BxNxF + b[None])
         return x_BxNxF
 
 

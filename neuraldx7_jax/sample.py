@@ -164,7 +164,7 @@ def _pick(logits_BxNxV, u_BxN, temperature):
     scaled = (logits_BxNxV - logits_BxNxV.max(-1, keepdims=True)) / temperature  # <= 0: no overflow
     cdf = jnp.cumsum(jnp.exp(scaled), -1)  # unnormalised
     value = jnp.sum(cdf < u_BxN[..., None] * cdf[..., -1:], -1)
-    return jnp.minimum(value, jnp.asarray(dx7.MAX, value.dtype)).astype(jnp.uint8)
+    return jnp.minimum(value, jnp.asarray(dx7.MAX, value.dtype)[None]).astype(jnp.uint8)
 
 
 def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature, greedy):
@@ -190,7 +190,7 @@ def _prior_fn(model_cfg, rows, greedy):
     def fn(params, mean, chol, latent_key, value_key, first_block, temperature):
         eps = _block_noise(latent_key, first_block, rows // BLOCK,
                            lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
-        z = jax.lax.with_sharding_constraint(mean + eps @ chol.T, _shardings()[0])  # (rows, Z)
+        z = jax.lax.with_sharding_constraint(mean[None] + eps @ chol.T, _shardings()[0])  # (rows, Z)
         return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 

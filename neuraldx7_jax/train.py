@@ -47,6 +47,7 @@ def loss_terms(out, x_BxN, masked_ce=False):
     return dict(ce=ce_B, accuracy=acc_B, kl=kl_B, log_det=out["log_det"])
 
 
+@functools.lru_cache(maxsize=None)
 def make_optimizer(cfg):
     t = cfg.train
     if t.lr_schedule == "cosine":
@@ -58,13 +59,24 @@ def make_optimizer(cfg):
     return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay)
 
 
+@functools.lru_cache(maxsize=None)
+def _vae(model_cfg):
+    """One module per config: a state's `apply_fn` and `tx` are the same objects in every run of
+    a config, so the cached train step (`make_train_step`) is not traced again for a new state."""
+    return VAE(model_cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(model_cfg):
+    return jax.jit(_vae(model_cfg).init)
+
+
 def init_state(cfg, seed):
     """Fresh parameters and optimizer state for `cfg` (deterministic in `seed`)."""
-    model = VAE(cfg.model)
     x = jnp.zeros((1, dx7.N_PARAMS), jnp.int32)
     eps = jnp.zeros((1, cfg.model.latent))
-    params = jax.jit(model.init)(jax.random.key(seed), x, eps)["params"]
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(cfg))
+    params = _init_fn(cfg.model)(jax.random.key(seed), x, eps)["params"]
+    return train_state.TrainState.create(apply_fn=_vae(cfg.model).apply, params=params, tx=make_optimizer(cfg))
 
 
 CPU_MICROBATCH = 4  # voices per forward/backward pass on a CPU when the config leaves it at 0
@@ -90,9 +102,11 @@ def step_flops(cfg, params, batch):
     return float(jax.jit(_grad_fn(cfg)).lower(params, x, eps, 1.0).cost_analysis()["flops"])
 
 
+@functools.lru_cache(maxsize=None)
 def make_train_step(cfg, mesh):
     """The jitted `train_step(state, batch, key) -> (state, metrics)`; state donated. The batch's
-    gradient is the mean of its microbatches' (`TrainConfig.microbatch` voices per device each)."""
+    gradient is the mean of its microbatches' (`TrainConfig.microbatch` voices per device each).
+    One per config and mesh, so a process compiles each once (runs resumed in it, tests)."""
     t = cfg.train
     per_device = t.batch_size // mesh.devices.size
     most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)

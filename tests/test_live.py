@@ -125,7 +125,7 @@ def test_engine_decodes_with_a_compiled_function_into_a_single_voice_dump(model,
 
 
 def test_a_missing_bundled_model_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(sample, "BUNDLED", tmp_path / "none")
+    monkeypatch.setattr(checkpoint, "BUNDLED", tmp_path / "none")
     with pytest.raises(Error, match="bundled model"):
         live.load(None)
 
