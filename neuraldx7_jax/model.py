@@ -129,15 +129,15 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxNxF):
-        cfg = self.config
+        cfg, dtype = self.config, jnp.dtype(self.config.compute_dtype)
         h, d = cfg.heads, cfg.features // cfg.heads
-        qkv = Dense(3 * h * d, jnp.dtype(cfg.compute_dtype), name="qkv")(x_BxNxF)
+        qkv = Dense(3 * h * d, dtype, name="qkv")(x_BxNxF)
         qkv_BxNxDx3xH = qkv.reshape(*x_BxNxF.shape[:-1], d, 3, h)
         # Heads first, (B, H, N, D): batched matmuls in the layout the CPU kernels like best.
         q, k, v = (jnp.transpose(qkv_BxNxDx3xH[..., i, :], (0, 3, 1, 2)) for i in range(3))
         scale = math.sqrt(h if cfg.attention_scale == "heads" else d)
         scores_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / scale
-        weights = softmax(scores_BxHxNxN).astype(jnp.dtype(cfg.compute_dtype))
+        weights = softmax(scores_BxHxNxN).astype(dtype)
         y_BxHxNxD = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
         return jnp.transpose(y_BxHxNxD, (0, 2, 3, 1)).reshape(x_BxNxF.shape)  # feature = i_d * H + i_h
 
@@ -148,12 +148,12 @@ class AttentionLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        cfg = self.config
-        x = x.astype(jnp.dtype(cfg.compute_dtype))
+        cfg, dtype = self.config, jnp.dtype(self.config.compute_dtype)
+        x = x.astype(dtype)
         attention = Attention(cfg, name="attention")(x)
-        x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.dtype(cfg.compute_dtype), name="attention_norm")(attention + x)
-        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, jnp.dtype(cfg.compute_dtype), name="feedforward")(x)
-        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=jnp.dtype(cfg.compute_dtype),
+        x = nn.LayerNorm(epsilon=1e-5, dtype=dtype, name="attention_norm")(attention + x)
+        ff = FeedForwardGELU(cfg.features, cfg.gelu_approximate, dtype, name="feedforward")(x)
+        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=dtype,
                             name="feedforward_norm")(ff + x)
 
 
