@@ -26,6 +26,7 @@ from neuraldx7_jax.errors import Error
 BUNDLED = Path(__file__).resolve().parent / "bundled"
 FEATURES_FILE = "features.json"  # per-dimension latent summary and fitted prior, beside the checkpoints
 TRAINING_FILE = "training.npz"  # facts of the training set (no voices), beside the checkpoints
+SPAN = 3.0  # live control's CCs and the page's sliders sweep mean -/+ SPAN std of each latent dimension
 VERSION = 2  # of `Meta`; version 1 (no `version` key: the bundled model, imports) still loads
 
 
@@ -246,7 +247,7 @@ def dataset_path(model):
 
 def latent_summary(model):
     """(mean (Z,), std (Z,)) of the decoder latent over the dataset: the model's `features`
-    summary, or None when the model has none (then the prior, N(0, 1), stands in)."""
+    summary, or None when the model has none (then the prior, N(0, 1), stands in; `latent_ranges`)."""
     features = getattr(model, "features", None)
     if features is None:
         return None
@@ -256,6 +257,17 @@ def latent_summary(model):
         raise Error(f"features.json of the model in {getattr(model, 'path', None)}: the latent summary needs "
                     f"{latent} finite means and {latent} positive stds; run `neuraldx7 features` again")
     return mean, std
+
+
+def latent_ranges(model, span=SPAN):
+    """(low (Z,), center (Z,), high (Z,), source) a controller sweeps: mean -/+ `span` std from the
+    model's `latent_summary` (source "features"), or -/+ `span` around 0, the prior, without one."""
+    summary = latent_summary(model)
+    if summary is None:
+        latent = model.config.model.latent
+        return -span * np.ones(latent), np.zeros(latent), span * np.ones(latent), "prior"
+    mean, std = summary
+    return mean - span * std, mean, mean + span * std, "features"
 
 
 def fitted_prior(model):

@@ -30,7 +30,6 @@ HOST = "127.0.0.1"
 PORT = 8000
 WEB = Path(__file__).resolve().parent / "web"
 CARTRIDGE = 32  # voices per cartridge, and rows per device call: one shape, compiled once
-SPAN = 3.0  # sliders span mean +/- SPAN std of each latent dimension, like live control's CCs
 MAX_SEED = 2 ** 32 - 1
 NOTE_SECONDS = 1.5  # length of each rendered note
 AUDIO_INSTALL = 'pip install "neuraldx7-jax[audio]"'
@@ -86,17 +85,6 @@ class LruCache:
                 while len(self._items) > self._size:
                     self._items.popitem(last=False)
         return value
-
-
-def latent_ranges(model):
-    """(low (Z,), center (Z,), high (Z,), source) of the sliders: mean -/+ SPAN std from the
-    model's `features` summary, or -/+ SPAN around 0 (the prior) when it has none."""
-    summary = checkpoint_lib.latent_summary(model)
-    if summary is None:
-        latent = model.config.model.latent
-        return -SPAN * np.ones(latent), np.zeros(latent), SPAN * np.ones(latent), "prior"
-    mean, std = summary
-    return mean - SPAN * std, mean, mean + SPAN * std, "features"
 
 
 def audio_available():
@@ -195,7 +183,7 @@ class App:
     def __init__(self, model, audio=None, cache_size=64):
         self.model = model
         self.latent = model.config.model.latent
-        self.low, self.center, self.high, self.range_source = latent_ranges(model)
+        self.low, self.center, self.high, self.range_source = checkpoint_lib.latent_ranges(model)
         self.audio = audio_available() if audio is None else bool(audio)
         self._cartridges = LruCache(cache_size)
         self._wavs = LruCache(cache_size)

@@ -256,10 +256,10 @@ def test_info_gives_slider_ranges_from_the_features_or_the_prior(url, model):
     assert info["latent"] == 4 and info["range_source"] == "features" and info["model"]["step"] == 2
     np.testing.assert_allclose(info["low"], np.subtract(MEAN, 3 * np.array(STD)))
     np.testing.assert_allclose(info["high"], np.add(MEAN, 3 * np.array(STD)))
-    low, center, high, source = serve.latent_ranges(model._replace(features=None))
+    low, center, high, source = checkpoint.latent_ranges(model._replace(features=None))
     assert source == "prior" and list(low) == [-3] * 4 and list(center) == [0] * 4 and list(high) == [3] * 4
     with pytest.raises(Error, match="positive stds"):
-        serve.latent_ranges(model._replace(features=dict(mean=MEAN, std=[1, 0, 1, 1])))
+        checkpoint.latent_ranges(model._replace(features=dict(mean=MEAN, std=[1, 0, 1, 1])))
 
 
 def test_answers_are_those_of_the_library(url, model, tmp_path):
