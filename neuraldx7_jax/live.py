@@ -97,8 +97,9 @@ class Decoder:
 
 class Engine:
     """CC messages in, single-voice SysEx out. `handle` applies one message and counts it; `due`
-    says whether a decode is wanted (the latent moved, or `resend` asked for the voice again);
-    `update` decodes the newest latent into a preallocated 163-byte dump, timing each decode.
+    says whether a voice is wanted (the latent moved, or `resend` asked for the voice again);
+    `update` decodes the newest latent into a preallocated 163-byte dump, timing each decode, or,
+    for a resend of an unmoved latent, returns the dump it keeps without decoding again.
     All the moves since the previous decode go out as one voice: those before the newest are
     counted as superseded. `handle` and `update` may run on two threads (each writes its own
     counters), so a decode that read a latent mid-move is followed by another."""
@@ -113,8 +114,9 @@ class Engine:
         self.latency_ms = np.zeros(HISTORY)
         self.ccs = self.moves = 0  # CC messages received; those that moved the latent (by `handle`)
         self.requests = 0  # times `resend` asked for the voice again
-        self.updates = self.superseded = self.resent = 0  # decodes; moves never decoded; resends
-        self._moves_done = self._requests_done = 0  # `moves` and `requests` at the last decode
+        self.updates = self.decodes = 0  # dumps returned by `update`; those decoded (the rest: resends)
+        self.superseded = self.resent = 0  # moves never decoded; dumps sent again
+        self._moves_done = self._requests_done = 0  # `moves` and `requests` at the last update
         self.decoder(self.controls.z_1xZ)  # the first call of an executable allocates; not in a callback
 
     def control(self, cc, value):
@@ -143,27 +145,29 @@ class Engine:
         return self.fresh() or self.requests != self._requests_done
 
     def update(self):
-        """Decodes the current latent; returns the single-voice dump (rewritten by the next update)."""
-        start = time.perf_counter()
+        """The single-voice dump of the current latent (rewritten by the next update): decoded when
+        the latent moved, else the last one again."""
+        self.updates += 1
         moves, self._requests_done = self.moves, self.requests
         if moves == self._moves_done:
             self.resent += 1
-        else:
-            self.superseded += moves - self._moves_done - 1
-            self._moves_done = moves
+            return self.message
+        start = time.perf_counter()
+        self.superseded += moves - self._moves_done - 1
+        self._moves_done = moves
         voice = self.decoder(self.controls.z_1xZ)
         self._data[:] = voice
         self.message[-2] = -int(voice.sum()) & 0x7F
-        self.latency_ms[self.updates % HISTORY] = (time.perf_counter() - start) * 1e3
-        self.updates += 1
+        self.latency_ms[self.decodes % HISTORY] = (time.perf_counter() - start) * 1e3
+        self.decodes += 1
         return self.message
 
     def stats(self):
-        """dict(updates, p50_ms, p99_ms, max_ms, ccs, moves, superseded, resent) so far
-        (latencies: latent -> SysEx)."""
-        ms = self.latency_ms[:min(self.updates, HISTORY)]
-        counts = dict(updates=self.updates, ccs=self.ccs, moves=self.moves, superseded=self.superseded,
-                      resent=self.resent)
+        """dict(updates, decodes, resent, ccs, moves, superseded, p50_ms, p99_ms, max_ms) so far
+        (latencies: latent -> SysEx, of the last HISTORY decodes)."""
+        ms = self.latency_ms[:min(self.decodes, HISTORY)]
+        counts = dict(updates=self.updates, decodes=self.decodes, resent=self.resent, ccs=self.ccs,
+                      moves=self.moves, superseded=self.superseded)
         if not len(ms):
             return dict(counts, p50_ms=float("nan"), p99_ms=float("nan"), max_ms=float("nan"))
         return dict(counts, p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)),

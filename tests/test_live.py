@@ -123,6 +123,23 @@ def test_engine_decodes_with_a_compiled_function_into_a_single_voice_dump(model,
     assert stats["updates"] == 1 and 0 < stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
 
 
+def test_a_resend_sends_the_kept_dump_without_decoding(model, reference):
+    engine = live.Engine(model)
+    engine.resend()
+    assert not engine.due()  # nothing went out yet: nothing to send again
+    engine.handle(cc(30, 100))
+    first = bytes(engine.update())
+    engine.resend()
+    assert engine.due() and not engine.fresh()
+    assert bytes(engine.update()) == first and not engine.due()
+    assert engine.stats() | dict(p50_ms=0, p99_ms=0, max_ms=0) == dict(
+        updates=2, decodes=1, resent=1, ccs=1, moves=1, superseded=0, p50_ms=0, p99_ms=0, max_ms=0)
+    engine.handle(cc(30, 0))
+    engine.resend()  # a move and a resend: one decode of the new position
+    assert bytes(engine.update()) == dx7.single_voice_message(reference(engine.controls.z_1xZ[0]))
+    assert (engine.decodes, engine.resent, engine.due()) == (2, 1, False)
+
+
 def test_a_missing_bundled_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sample, "BUNDLED", tmp_path / "none")
     with pytest.raises(Error, match="bundled model"):

@@ -132,11 +132,11 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
         server.wait(10)
     stats = engine.stats()
     period_ms = period / rate * 1e3
-    ms = engine.latency_ms[:min(engine.updates, live.HISTORY)]
+    ms = engine.latency_ms[:min(engine.decodes, live.HISTORY)]
     return dict(model=str(model.path), machine=f"{platform.machine()}, {os.cpu_count()} CPUs "
                 f"({platform.processor() or platform.platform()})", load_average_at_start=round(load, 2),
                 cycles=cycles, seconds=round(seconds, 2), rate=rate, period=period, period_ms=round(period_ms, 3),
-                ccs=stats["ccs"], moves=stats["moves"], decodes=stats["updates"], superseded=stats["superseded"],
+                ccs=stats["ccs"], moves=stats["moves"], decodes=stats["decodes"], superseded=stats["superseded"],
                 resent=stats["resent"], p50_ms=stats["p50_ms"], p99_ms=stats["p99_ms"], max_ms=stats["max_ms"],
                 decodes_over_period=int((ms > period_ms).sum()), xruns=link.xruns, sent=link.sent,
                 failed=link.failed, received=received, ccs_sent=sent_ccs,
