@@ -665,3 +665,20 @@ def test_the_jack_server_going_away_is_one_line_and_exit_status_2(workdir, tmp_p
     assert re.fullmatch(r"neuraldx7 live: error: the JACK server went away \(.+\); start it and run again\n",
                         err), err
     assert "backend: jack\n" in output and output[-1].startswith("sent 0 voices for 0 CCs"), output
+
+
+def test_live_latency_tool_on_an_asynchronous_server(tmp_path):
+    """tools/live_latency.py: the bundled model through the engine on a JACK server of its own,
+    asynchronous as a user runs it, so xruns may lose messages: the last voice still arrives."""
+    need_jackd()
+    out = tmp_path / "latency.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "live_latency.py"), "--cycles", "300",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done
+    figures = json.loads(out.read_text())
+    assert figures["ccs_sent"] == 300 and 0 < figures["ccs"] <= 300 and figures["final_voice_arrived"]
+    assert figures["decodes"] + figures["resent"] == figures["sent"] + figures["failed"]
+    assert figures["moves"] == figures["decodes"] + figures["superseded"]
+    assert 0 < figures["received"] <= figures["sent"]
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert "p99_ms: " in done.stdout and done.stderr == "", done.stderr

@@ -118,7 +118,7 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
             peers.stdin.flush()
             while count()[0] < cycles:
                 time.sleep(0.05)
-            time.sleep(20 * period / rate)
+            time.sleep((midi.RESEND_CYCLES + 20) * period / rate)  # past the resends after the last voice
             while engine.due():
                 time.sleep(0.01)
             time.sleep(20 * period / rate)
