@@ -210,11 +210,11 @@ def summary_line(stats):
     """What went in and out: voices, CCs, what was superseded, resent or lost, latency, xruns."""
     xruns = stats.get("xruns")
     resent = f" ({stats['resent']} again after an xrun or a failed write)" if stats["resent"] else ""
+    latency = (f"decode latency p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, "
+               f"max {stats['max_ms']:.2f} ms" if stats["decodes"] else "no decodes")
     return (f"sent {stats['sent']} voices{resent} for {stats['ccs']} CCs ({stats['moves']} moves, "
             f"{stats['superseded']} superseded by a newer one before a decode); "
-            f"{stats['failed']} could not be written; decode latency p50 {stats['p50_ms']:.2f} ms, "
-            f"p99 {stats['p99_ms']:.2f} ms, max {stats['max_ms']:.2f} ms; "
-            f"xruns {'n/a' if xruns is None else xruns}")
+            f"{stats['failed']} could not be written; {latency}; xruns {'n/a' if xruns is None else xruns}")
 
 
 def run(checkpoint=None, *, backend=None, controller=None, synth=None, channel=0, ccs=None, mapping=None,

@@ -66,20 +66,20 @@ class Follow:
         return lines + [f"{self.what}: reconnected to {name}"]
 
 
-_JACK_SAID = []  # libjack's last error line (its lines are kept off the terminal)
+_JACK_QUIET = []  # set once libjack's own lines are kept off the terminal
 
 
 def _jack():
-    """The jack module, with libjack's error and info lines kept off the terminal from now on
-    (they go to the JACK server's log; ours say what happened and what to try)."""
+    """The jack module, with libjack's error and info lines (also those of rtmidi's JACK API)
+    kept off the terminal from now on: our Errors say what happened and what to try instead."""
     try:
         import jack
     except OSError as e:
         raise Error(f"the JACK library is not installed ({e}); try --backend rtmidi") from None
-    if not _JACK_SAID:
-        _JACK_SAID.append("")
-        jack.set_error_function(lambda message: _JACK_SAID.__setitem__(0, message))
+    if not _JACK_QUIET:
+        jack.set_error_function(lambda message: None)
         jack.set_info_function(lambda message: None)
+        _JACK_QUIET.append(True)
     return jack
 
 

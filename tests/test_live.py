@@ -664,7 +664,8 @@ def test_the_jack_server_going_away_is_one_line_and_exit_status_2(workdir, tmp_p
     assert proc.returncode == 2, (output, err)
     assert re.fullmatch(r"neuraldx7 live: error: the JACK server went away \(.+\); start it and run again\n",
                         err), err
-    assert "backend: jack\n" in output and output[-1].startswith("sent 0 voices for 0 CCs"), output
+    assert "backend: jack\n" in output and output[-1].startswith("sent 0 voices for 0 CCs")
+    assert "; no decodes; xruns" in output[-1], output
 
 
 def test_live_latency_tool_on_an_asynchronous_server(tmp_path):
