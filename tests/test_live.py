@@ -645,7 +645,9 @@ def test_the_jack_server_going_away_is_one_line_and_exit_status_2(workdir, tmp_p
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
     with open(tmp_path / "jackd.log", "w") as log:
         server = start_jackd(name, log)
-    proc = subprocess.Popen([sys.executable, "-m", "neuraldx7_jax", "live", "--checkpoint", str(workdir)],
+    live.write_mapping(tmp_path / "knobs.json", [5, 6])  # a mapping saved by an earlier session
+    proc = subprocess.Popen([sys.executable, "-m", "neuraldx7_jax", "live", "--checkpoint", str(workdir),
+                             "--mapping", str(tmp_path / "knobs.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
@@ -665,6 +667,7 @@ def test_the_jack_server_going_away_is_one_line_and_exit_status_2(workdir, tmp_p
     assert re.fullmatch(r"neuraldx7 live: error: the JACK server went away \(.+\); start it and run again\n",
                         err), err
     assert "backend: jack\n" in output and output[-1].startswith("sent 0 voices for 0 CCs")
+    assert "latent dimensions: CC 5 -> 1, CC 6 -> 2; SysEx channel 1\n" in output
     assert "; no decodes; xruns" in output[-1], output
 
 
