@@ -49,7 +49,6 @@ class Controls:
         self.table_Zx128 = (mean[:, None] + std[:, None] * span * frac[None, :]).astype(np.float32)
         self.z_1xZ = mean.astype(np.float32)[None].copy()  # updated in place, read by the decoder
         self.dims = np.full(128, -1, np.int64)  # CC number -> latent dimension, -1 = none
-        self.learning = ccs is None
         self.learned = 0
         self.capacity = min(LEARN, latent) if ccs is None else 0
         if ccs is not None:
