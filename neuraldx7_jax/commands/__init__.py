@@ -5,5 +5,6 @@ from neuraldx7_jax.commands import generate  # noqa: F401
 from neuraldx7_jax.commands import original  # noqa: F401
 from neuraldx7_jax.commands import audio  # noqa: F401
 from neuraldx7_jax.commands import midi  # noqa: F401
+from neuraldx7_jax.commands import live  # noqa: F401
 from neuraldx7_jax.commands import serve  # noqa: F401
 from neuraldx7_jax.commands import bench  # noqa: F401
