@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from neuraldx7_jax import checkpoint, cli, config, dx7, live, sample, train
+from neuraldx7_jax import checkpoint, cli, config, dx7, live, midi, sample, train
 from neuraldx7_jax.errors import Error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,14 +102,14 @@ def test_a_fixed_mapping_ignores_other_ccs():
 
 def test_port_matching():
     names = ["system:midi_capture_1", "Dexed:midi_in", "a2j:nanoKONTROL2 [24] (capture): nanoKONTROL2 _ CTR"]
-    assert live.match_port("dexed", names, "destination") == "Dexed:midi_in"
-    assert live.match_port("nanoKONTROL2 [24]", names, "source").startswith("a2j:")  # literal first
-    assert live.match_port("^system", names, "source") == "system:midi_capture_1"
-    assert live.match_port("capture_1|midi_in", ["a:capture_1", "b:out"], "source") == "a:capture_1"
+    assert midi.match_port("dexed", names, "destination") == "Dexed:midi_in"
+    assert midi.match_port("nanoKONTROL2 [24]", names, "source").startswith("a2j:")  # literal first
+    assert midi.match_port("^system", names, "source") == "system:midi_capture_1"
+    assert midi.match_port("capture_1|midi_in", ["a:capture_1", "b:out"], "source") == "a:capture_1"
     with pytest.raises(Error, match="several"):
-        live.match_port("_", names, "source")
+        midi.match_port("_", names, "source")
     with pytest.raises(Error, match="no MIDI destination"):
-        live.match_port("Surge", names, "destination")
+        midi.match_port("Surge", names, "destination")
 
 
 def test_engine_decodes_with_a_compiled_function_into_a_single_voice_dump(model, reference):
@@ -121,7 +121,23 @@ def test_engine_decodes_with_a_compiled_function_into_a_single_voice_dump(model,
     assert message == dx7.single_voice_message(reference(engine.controls.z_1xZ[0]), channel=5)
     stats = engine.stats()
     assert stats["updates"] == 1 and 0 < stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
-    assert live.decode_latency(model, n=5)["updates"] == 5
+
+
+def test_a_resend_sends_the_kept_dump_without_decoding(model, reference):
+    engine = live.Engine(model)
+    engine.resend()
+    assert not engine.due()  # nothing went out yet: nothing to send again
+    engine.handle(cc(30, 100))
+    first = bytes(engine.update())
+    engine.resend()
+    assert engine.due() and not engine.fresh()
+    assert bytes(engine.update()) == first and not engine.due()
+    assert engine.stats() | dict(p50_ms=0, p99_ms=0, max_ms=0) == dict(
+        updates=2, decodes=1, resent=1, ccs=1, moves=1, superseded=0, p50_ms=0, p99_ms=0, max_ms=0)
+    engine.handle(cc(30, 0))
+    engine.resend()  # a move and a resend: one decode of the new position
+    assert bytes(engine.update()) == dx7.single_voice_message(reference(engine.controls.z_1xZ[0]))
+    assert (engine.decodes, engine.resent, engine.due()) == (2, 1, False)
 
 
 def test_a_missing_bundled_model_is_a_clear_error(tmp_path, monkeypatch):
@@ -371,14 +387,14 @@ def settle(engine, ccs, link, timeout=120.0):
     deadline = time.monotonic() + timeout
     while (engine.ccs < ccs or engine.due()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(3 * live.RESEND_CYCLES * 256 / 48000)  # cycles run slower than real time under load
+    time.sleep(3 * midi.RESEND_CYCLES * 256 / 48000)  # cycles run slower than real time under load
     while engine.due() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
 def test_jack_sends_one_voice_per_cycle_that_moved_the_latent(rig, model, reference):
     engine = live.Engine(model, channel=2)
-    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
         assert link.controller == "pytest-controller:out" and link.synth == "pytest-synth:in"
         latents = reference_latents(BATCHES, MEAN, STD)
         rig.play(BATCHES)
@@ -392,7 +408,7 @@ def test_jack_sends_one_voice_per_cycle_that_moved_the_latent(rig, model, refere
 
 def test_jack_sends_the_voice_again_after_an_xrun(rig, model, reference):
     engine = live.Engine(model)
-    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
         rig.play([[cc(20, 0)], 0.2])  # a voice, then a cycle 0.2 s late
         settle(engine, 1, link)
     received = rig.wait_for(link.sent)
@@ -407,7 +423,7 @@ def test_jack_flood_every_cycle_sends_its_newest_voice(rig, model, reference):
                for n in np.diff(np.sort(np.r_[0, rng.integers(0, 1000, 374), 1000]))]
     assert sum(map(len, batches)) == 1000 and len(batches) == 375
     engine = live.Engine(model)
-    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
         rig.play(batches)
         settle(engine, 1000, link)
     received = rig.wait_for(link.sent)
@@ -421,42 +437,46 @@ def test_jack_burst_ends_on_the_final_positions(rig, model, reference):
     rng = np.random.default_rng(1)  # 10,000 CCs in one cycle (more than a JACK buffer holds), then silence
     burst = [cc(20 + k, v) for k, v in zip(rng.integers(0, 4, 10_000), rng.integers(0, 128, 10_000))]
     engine = live.Engine(model)
-    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
         rig.play([burst])
         settle(engine, 10_000, link)
     received = rig.wait_for(link.sent)
     check_accounting(engine, link, received, ccs=10_000)
     assert 1 <= link.sent < 100 and engine.superseded > 9_000
+    first = list(dict.fromkeys(m[1] for m in burst))  # the CCs in the order they first arrived
+    assert engine.controls.mapping() == {c: d for d, c in enumerate(first, 1)}
     final = reference_latents([burst], MEAN, STD)[-1]
     check_dumps(received[-1:], [final], reference, channel=0)
     check_wellformed(received, channel=0)
 
 
+def poll_until(link, text, timeout=60.0):
+    """The lines `link.poll()` says until one holds `text`."""
+    deadline, seen = time.monotonic() + timeout, []
+    while not any(text in line for line in seen) and time.monotonic() < deadline:
+        seen += link.poll()
+        time.sleep(0.05)
+    assert any(text in line for line in seen), seen
+    return seen
+
+
 def test_jack_reconnects_ports_that_come_back(rig, model, reference):
     engine = live.Engine(model)
 
-    def poll_until(text, timeout=60.0):
-        deadline, seen = time.monotonic() + timeout, []
-        while not any(text in line for line in seen) and time.monotonic() < deadline:
-            seen += link.poll()
-            time.sleep(0.05)
-        assert any(text in line for line in seen), seen
-        return seen
-
-    with live.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
         rig.play([[cc(20, 0)]])
         settle(engine, 1, link)
         before = rig.wait_for(link.sent)
         rig.close_client("synth")
-        assert poll_until("went away") == [
+        assert poll_until(link, "went away") == [
             "the synth port pytest-synth:in went away; waiting for a port matching 'pytest-synth'"]
         rig.open_client("synth")
-        assert poll_until("reconnected") == ["synth: reconnected to pytest-synth:in"]
+        assert poll_until(link, "reconnected") == ["synth: reconnected to pytest-synth:in"]
         settle(engine, 1, link)  # the synth that came back gets the current voice
         rig.close_client("controller")
-        poll_until("the controller port pytest-controller:out went away")
+        poll_until(link, "the controller port pytest-controller:out went away")
         rig.open_client("controller")
-        poll_until("controller: reconnected to pytest-controller:out")
+        poll_until(link, "controller: reconnected to pytest-controller:out")
         rig.play([[cc(20, 127)]])
         settle(engine, 2, link)
     received = rig.wait_for(link.sent)
@@ -467,9 +487,34 @@ def test_jack_reconnects_ports_that_come_back(rig, model, reference):
     assert link.sent == len(received) and engine.ccs == 2
 
 
+def test_rtmidi_reconnects_ports_that_come_back(rig, model, reference):
+    engine = live.Engine(model)
+    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
+        rig.play([[cc(20, 0)]])
+        settle(engine, 1, link)
+        before = rig.wait_for(link.sent)
+        rig.close_client("synth")
+        assert poll_until(link, "went away") == [
+            "the synth port pytest-synth:in went away; waiting for a port matching 'pytest-synth'"]
+        rig.open_client("synth")
+        assert poll_until(link, "reconnected") == ["synth: reconnected to pytest-synth:in"]
+        settle(engine, 1, link)  # the synth that came back gets the current voice
+        rig.close_client("controller")
+        poll_until(link, "the controller port pytest-controller:out went away")
+        rig.open_client("controller")
+        poll_until(link, "controller: reconnected to pytest-controller:out")
+        rig.play([[cc(20, 127)]])
+        settle(engine, 2, link)
+    received = rig.wait_for(link.sent)
+    latents = reference_latents([[cc(20, 0)], [cc(20, 127)]], MEAN, STD)
+    check_dumps(before, latents[:1], reference, channel=0)
+    check_dumps(received[len(before):], latents, reference, channel=0)  # the voice again, then the new one
+    check_accounting(engine, link, received, ccs=2)
+
+
 def test_rtmidi_sends_the_newest_voice_as_the_messages_arrive(rig, model, reference):
     engine = live.Engine(model)
-    with live.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
+    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
         latents = reference_latents(BATCHES, MEAN, STD, per_message=True)
         rig.play(BATCHES)
         settle(engine, 9, link)
@@ -483,11 +528,7 @@ def test_rtmidi_sends_the_newest_voice_as_the_messages_arrive(rig, model, refere
 
 
 def test_tools_live_end_to_end(rig, workdir, tmp_path):
-    tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]
-    listed = subprocess.run(tool + ["--list"], capture_output=True, text=True, timeout=300)
-    assert "pytest-controller:out" in listed.stdout and "pytest-synth:in" in listed.stdout, listed.stderr
-    assert listed.stdout.startswith("jack sources")  # a JACK server runs: the backend is jack
-
+    tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]  # `neuraldx7 live`, as a script
     saved = tmp_path / "mapping.json"
     proc = subprocess.Popen(tool + ["--checkpoint", str(workdir), "--controller", "pytest-controller",
                                     "--synth", "pytest-synth", "--channel", "3", "--save-mapping", str(saved)],
@@ -506,7 +547,7 @@ def test_tools_live_end_to_end(rig, workdir, tmp_path):
         while not (saved.exists() and json.loads(saved.read_text() or "{}").get("cc") == [7, 1, 9]):
             assert time.monotonic() < deadline, "the mapping was not saved"
             time.sleep(0.1)
-        time.sleep(3 * live.RESEND_CYCLES * 256 / 48000)
+        time.sleep(3 * midi.RESEND_CYCLES * 256 / 48000)
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     finally:
@@ -528,7 +569,7 @@ def test_tools_live_end_to_end(rig, workdir, tmp_path):
 
 def test_mapping_files_and_bad_input(tmp_path):
     path = tmp_path / "mapping.json"
-    live.save_mapping(path, {14: 1, 15: 2, 16: 3})
+    live.write_mapping(path, {14: 1, 15: 2, 16: 3})
     assert live.load_mapping(path) == [14, 15, 16]
     assert live.Controls(MEAN, STD, ccs=live.load_mapping(path)).mapping() == {14: 1, 15: 2, 16: 3}
     (tmp_path / "bad.json").write_text("[1, 2]")
@@ -538,7 +579,7 @@ def test_mapping_files_and_bad_input(tmp_path):
     done = subprocess.run(tool + ["--mapping", str(tmp_path / "none.json")], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and done.stdout == "", done
-    assert done.stderr.startswith("live: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("neuraldx7 live: error: ") and done.stderr.count("\n") == 1, done.stderr
     assert "none.json: not a mapping file" in done.stderr
 
 
@@ -567,7 +608,7 @@ def test_ports_and_send_commands(rig, tmp_path, capsys):
 
 
 def test_the_backend_rule_and_what_a_failure_says(jack_server, tmp_path, monkeypatch, capfd):
-    assert live.choose_backend(None) == "jack" and live.choose_backend("rtmidi") == "rtmidi"
+    assert midi.choose_backend(None) == "jack" and midi.choose_backend("rtmidi") == "rtmidi"
     dx7.save_single_voice(tmp_path / "one.syx", np.zeros(dx7.N_PARAMS, np.uint8))
     no_sequencer = not os.path.exists("/dev/snd/seq")
     if no_sequencer:  # rtmidi's default API (ALSA) fails: the error says JACK is there
@@ -577,7 +618,7 @@ def test_the_backend_rule_and_what_a_failure_says(jack_server, tmp_path, monkeyp
         assert err.count("\n") == 1 and "ALSA lib" not in err, err
 
     monkeypatch.setenv("JACK_DEFAULT_SERVER", f"none-{uuid.uuid4().hex[:8]}")  # no JACK server
-    assert live.choose_backend(None) == "rtmidi"
+    assert midi.choose_backend(None) == "rtmidi"
     for argv in (["send", str(tmp_path / "one.syx"), "--port", "Dexed"], ["ports"]):
         status = cli.main(argv)
         captured = capfd.readouterr()
@@ -590,26 +631,58 @@ def test_the_backend_rule_and_what_a_failure_says(jack_server, tmp_path, monkeyp
     assert "cannot reach a JACK server: start one (jackd or qjackctl), or try --backend rtmidi" in capfd.readouterr().err
 
 
-def test_the_jack_server_going_away_is_a_clear_error(workdir, tmp_path, monkeypatch):
+def read_until(proc, lines, output, text, timeout=300):
+    """Collects `proc`'s output lines (from the queue `lines`) into `output` until one starts with `text`."""
+    deadline = time.monotonic() + timeout
+    while not output or output[-1] is not None and not output[-1].startswith(text):
+        output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+    assert output[-1] is not None, "".join(output[:-1])
+
+
+def test_the_jack_server_going_away_is_one_line_and_exit_status_2(workdir, tmp_path, monkeypatch):
     name = f"neuraldx7-gone-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
     with open(tmp_path / "jackd.log", "w") as log:
         server = start_jackd(name, log)
-    said = []
-
-    def stop_when_ready():
-        deadline = time.monotonic() + 300
-        while "ready; Ctrl-C stops" not in said and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop_jackd(server)
-
-    stopper = threading.Thread(target=stop_when_ready)
-    stopper.start()
+    live.write_mapping(tmp_path / "knobs.json", [5, 6])  # a mapping saved by an earlier session
+    proc = subprocess.Popen([sys.executable, "-m", "neuraldx7_jax", "live", "--checkpoint", str(workdir),
+                             "--mapping", str(tmp_path / "knobs.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    output = []
     try:
-        with pytest.raises(Error, match=r"the JACK server went away \(.+\); start it and run again"):
-            live.run(workdir, "jack", say=said.append)
-    finally:
-        stopper.join()
+        read_until(proc, lines, output, "ready; Ctrl-C stops")
         stop_jackd(server)
-    assert said[-1].startswith("sent 0 voices for 0 CCs")
+        proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+        stop_jackd(server)
+    while (line := lines.get(timeout=10)) is not None:
+        output.append(line)
+    assert proc.returncode == 2, (output, err)
+    assert re.fullmatch(r"neuraldx7 live: error: the JACK server went away \(.+\); start it and run again\n",
+                        err), err
+    assert "backend: jack\n" in output and output[-1].startswith("sent 0 voices for 0 CCs")
+    assert "latent dimensions: CC 5 -> 1, CC 6 -> 2; SysEx channel 1\n" in output
+    assert "; no decodes; xruns" in output[-1], output
+
+
+def test_live_latency_tool_on_an_asynchronous_server(tmp_path):
+    """tools/live_latency.py: the bundled model through the engine on a JACK server of its own,
+    asynchronous as a user runs it, so xruns may lose messages: the last voice still arrives."""
+    need_jackd()
+    out = tmp_path / "latency.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "live_latency.py"), "--cycles", "300",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done
+    figures = json.loads(out.read_text())
+    assert figures["ccs_sent"] == 300 and 0 < figures["ccs"] <= 300 and figures["final_voice_arrived"]
+    assert figures["decodes"] + figures["resent"] == figures["sent"] + figures["failed"]
+    assert figures["moves"] == figures["decodes"] + figures["superseded"]
+    assert 0 < figures["received"] <= figures["sent"]
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert "p99_ms: " in done.stdout and done.stderr == "", done.stderr

@@ -6,6 +6,7 @@ from neuraldx7_jax.commands import generate  # noqa: F401
 from neuraldx7_jax.commands import original  # noqa: F401
 from neuraldx7_jax.commands import audio  # noqa: F401
 from neuraldx7_jax.commands import midi  # noqa: F401
+from neuraldx7_jax.commands import live  # noqa: F401
 from neuraldx7_jax.commands import serve  # noqa: F401
 from neuraldx7_jax.commands import bench  # noqa: F401
 from neuraldx7_jax.commands.options import COMMANDS  # noqa: F401

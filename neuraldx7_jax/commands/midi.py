@@ -1,4 +1,4 @@
-"""MIDI commands: ports, send. Live control itself is `tools/live.py`."""
+"""MIDI commands: ports, send; and the backend options they share with `live`."""
 import warnings
 
 from neuraldx7_jax.commands.options import command
@@ -7,7 +7,7 @@ BACKEND_HELP = ("jack: a JACK client; rtmidi: the system's MIDI through rtmidi (
                 "Windows MM, or the API --rtmidi-api names)")
 
 
-def _backend_args(parser):
+def backend_args(parser):
     parser.add_argument("--backend", choices=("jack", "rtmidi"),
                         help=f"{BACKEND_HELP} (default: jack when a JACK server is running, else rtmidi)")
     parser.add_argument("--rtmidi-api", metavar="API",
@@ -17,15 +17,15 @@ def _backend_args(parser):
 @command("ports", "List the MIDI ports a controller or a synth can be reached on.")
 def ports(parser):
     parser.description = (
-        "List MIDI sources (controllers: use with tools/live.py --controller) and destinations "
-        "(synths: tools/live.py --synth, neuraldx7 send --port) of JACK when a JACK server is "
+        "List MIDI sources (controllers: use with neuraldx7 live --controller) and destinations "
+        "(synths: neuraldx7 live --synth, neuraldx7 send --port) of JACK when a JACK server is "
         "running, else of rtmidi, or of the backend --backend names.")
-    _backend_args(parser)
+    backend_args(parser)
 
     def run(args):
-        from neuraldx7_jax import live
+        from neuraldx7_jax import midi
 
-        found = live.list_ports(args.backend, args.rtmidi_api)
+        found = midi.list_ports(backend=args.backend, api=args.rtmidi_api)
         backend = found["backend"]
         print(backend + (f" ({args.rtmidi_api})" if backend == "rtmidi" and args.rtmidi_api else "") + ":")
         for kind in ("sources", "destinations"):
@@ -43,19 +43,20 @@ def send(parser):
     parser.add_argument("file", metavar="FILE", help="a .syx file, a headerless 4096-byte bank or a compact .bin")
     parser.add_argument("--port", required=True,
                         help="the synth's MIDI port: its name, a part of it, or a regex (see `neuraldx7 ports`)")
-    _backend_args(parser)
+    backend_args(parser)
     parser.add_argument("--channel", type=int, default=1, choices=range(1, 17), metavar="1-16",
                         help="MIDI channel written in the SysEx (default: 1)")
     parser.add_argument("--gap", type=float, default=0.1,
                         help="seconds between messages, for hardware that needs time (default: 0.1)")
 
     def run(args):
-        from neuraldx7_jax import dx7, live
+        from neuraldx7_jax import dx7, midi
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", dx7.FormatWarning)
-            n, messages, size, backend, name = live.send_file(args.file, args.port, args.backend, args.rtmidi_api,
-                                                     args.channel - 1, args.gap)
+            n, messages, size, backend, name = midi.send_file(args.file, args.port, backend=args.backend,
+                                                              api=args.rtmidi_api, channel=args.channel - 1,
+                                                              gap=args.gap)
         for w in caught:
             print(f"warning: {w.message}")
         print(f"sent {n} voice{'s' * (n != 1)} ({messages} message{'s' * (messages != 1)}, "

@@ -1,0 +1,528 @@
+"""The MIDI adapters of live control, one per entry of `BACKENDS`, and the one backend rule.
+
+`JackLink` and `RtmidiLink` feed an engine (`live.Engine`: `handle`, `due`, `fresh`, `update`,
+`resend`) the MIDI messages that arrive, send what it returns, and follow their ports when they
+go away and come back (`poll`); each lists ports and sends files too. `choose_backend` is the
+rule every MIDI command uses: JACK when a JACK server is running, else rtmidi; `--backend`
+overrides. libjack's and alsa-lib's own lines stay off the terminal: our Errors say what was
+tried and what to try instead. jack and rtmidi are imported where they are used, so a host
+without libjack still has rtmidi.
+"""
+import ctypes
+import ctypes.util
+import re
+import threading
+import time
+
+from neuraldx7_jax import dx7
+from neuraldx7_jax.errors import Error
+
+RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) after a new voice sends it again
+POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that went away
+
+
+def match_port(pattern, names, role):
+    """The one name in `names` that `pattern` picks: the exact name, else the names holding it
+    (case-insensitive), else those a case-insensitive regex search finds."""
+    if pattern in names:
+        return pattern
+    found = [n for n in names if pattern.lower() in n.lower()]
+    if not found:
+        try:
+            found = [n for n in names if re.search(pattern, n, re.IGNORECASE)]
+        except re.error:
+            pass
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise Error(f"no MIDI {role} matches {pattern!r}; there are: {', '.join(names) or 'none'}")
+    raise Error(f"{pattern!r} matches several MIDI {role}s: {', '.join(found)}; be more specific")
+
+
+class Follow:
+    """A port we connect to by a pattern (`what`: controller or synth). When it goes away, `update`
+    waits for a port the same pattern picks and connects that one."""
+
+    def __init__(self, what, pattern, name):
+        self.what, self.pattern, self.name = what, pattern, name
+        self.role = "source" if what == "controller" else "destination"
+
+    def update(self, names, connected, connect):
+        """Lines saying what changed, given the port names there are now; `connected(name)` and
+        `connect(name)` do the backend's part."""
+        if not self.pattern or self.name in names and connected(self.name):
+            return []
+        lines = []
+        if self.name:
+            lines.append(f"the {self.what} port {self.name} went away; waiting for a port matching "
+                         f"{self.pattern!r}")
+            self.name = None
+        try:
+            name = match_port(self.pattern, names, self.role)
+            connect(name)
+        except Error:
+            return lines
+        self.name = name
+        return lines + [f"{self.what}: reconnected to {name}"]
+
+
+_JACK_QUIET = []  # set once libjack's own lines are kept off the terminal
+
+
+def _jack():
+    """The jack module, with libjack's error and info lines (also those of rtmidi's JACK API)
+    kept off the terminal from now on: our Errors say what happened and what to try instead."""
+    try:
+        import jack
+    except OSError as e:
+        raise Error(f"the JACK library is not installed ({e}); try --backend rtmidi") from None
+    if not _JACK_QUIET:
+        jack.set_error_function(lambda message: None)
+        jack.set_info_function(lambda message: None)
+        _JACK_QUIET.append(True)
+    return jack
+
+
+def _jack_client(name, jack):
+    """An inactive JACK client; a clear Error when no server runs."""
+    try:
+        return jack.Client(name, no_start_server=True)
+    except jack.JackOpenError:
+        raise Error("cannot reach a JACK server: start one (jackd or qjackctl), or try "
+                    "--backend rtmidi") from None
+
+
+def jack_running():
+    """Whether a JACK server answers (libjack installed and a server running)."""
+    try:
+        _jack_client("neuraldx7-probe", _jack()).close()
+    except Error:
+        return False
+    return True
+
+
+def _jack_ports(client):
+    """(sources, destinations): MIDI ports of other clients that send / receive."""
+    own = client.name + ":"
+    names = lambda **kw: [p.name for p in client.get_ports(is_midi=True, **kw) if not p.name.startswith(own)]
+    return names(is_output=True), names(is_input=True)
+
+
+_ALSA_QUIET = []  # the no-op alsa-lib error handler, kept alive once installed
+
+
+def _quiet_alsa():
+    """Keeps alsa-lib's own error lines ("ALSA lib seq_hw.c: ... failed") off the terminal: rtmidi's
+    exception says the same, and our Error says what to try instead."""
+    if _ALSA_QUIET:
+        return
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+    except OSError:  # not Linux, or no alsa-lib: nothing prints
+        _ALSA_QUIET.append(None)
+        return
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                               ctypes.c_char_p)(lambda *args: None)
+    lib.snd_lib_error_set_handler(handler)
+    _ALSA_QUIET.append(handler)
+
+
+def _rtmidi_api(api):
+    """rtmidi's number for the API `api` names (jack, alsa, core, winmm, or UNIX_JACK, LINUX_ALSA,
+    MACOSX_CORE, WINDOWS_MM); None is rtmidi's default for the platform."""
+    import rtmidi
+
+    if api is None:
+        return rtmidi.API_UNSPECIFIED
+    names = {}
+    for k in dir(rtmidi):
+        if k.startswith("API_") and getattr(rtmidi, k) in rtmidi.get_compiled_api():
+            number = getattr(rtmidi, k)
+            names.update({k[4:].lower(): number, rtmidi.get_api_name(number): number})
+    if api.lower() not in names:
+        raise Error(f"rtmidi has no {api!r} API here; it has {', '.join(sorted(names))}")
+    return names[api.lower()]
+
+
+def _rtmidi_errors():
+    import rtmidi
+
+    return rtmidi.RtMidiError, NotImplementedError, RuntimeError  # e.g. no ALSA sequencer
+
+
+def _rtmidi_failed(e):
+    """The Error for rtmidi failing to open the system's MIDI: what was tried, what to try instead."""
+    instead = ("a JACK server is running: try --backend jack" if jack_running() else
+               "start a JACK server (jackd or qjackctl) and use --backend jack, or on Linux load "
+               "the ALSA sequencer (modprobe snd-seq)")
+    return Error(f"rtmidi cannot open the system's MIDI ({e}); {instead}")
+
+
+def _rtmidi_new(direction, api, client):
+    """An rtmidi MidiIn ("in") or MidiOut ("out") of `client`, without a port."""
+    import rtmidi
+
+    _quiet_alsa()
+    try:
+        _jack()  # rtmidi's JACK API prints through the same libjack
+    except Error:
+        pass
+    try:
+        return (rtmidi.MidiIn if direction == "in" else rtmidi.MidiOut)(_rtmidi_api(api), client)
+    except _rtmidi_errors() as e:
+        raise _rtmidi_failed(e) from None
+
+
+def _rtmidi_connect(midi, name, port):
+    """Opens our port `port` of `midi` connected to the port called `name`."""
+    try:
+        midi.open_port(midi.get_ports().index(name), port)
+    except (ValueError, *_rtmidi_errors()) as e:
+        raise Error(f"rtmidi: cannot connect to {name} ({e})") from None
+
+
+def _rtmidi_open(direction, api, client, pattern=None, port=None, role=""):
+    """An rtmidi MidiIn ("in") or MidiOut ("out") of `client`: with `pattern`, connected to the port
+    it picks (ours is named `port`); with `port` only, a virtual port; else no port.
+    Returns (midi, the picked port's name or None)."""
+    midi = _rtmidi_new(direction, api, client)
+    try:
+        name = None
+        if pattern:
+            name = match_port(pattern, midi.get_ports(), role)
+            _rtmidi_connect(midi, name, port)
+        elif port:
+            try:
+                midi.open_virtual_port(port)
+            except _rtmidi_errors() as e:
+                raise Error(f"rtmidi: cannot open a virtual port ({e}); name the port to connect to") from None
+        return midi, name
+    except BaseException:
+        midi.delete()
+        raise
+
+
+def _rtmidi_close(midi):
+    midi.close_port()
+    midi.delete()
+
+
+class JackLink:
+    """The JACK adapter: a client with a MIDI input `control` and output `synth`. Each cycle its
+    process callback applies the cycle's CCs and, when the engine has something due, writes one
+    voice: the newest. After an xrun (up to RESEND_CYCLES after a new voice), a failed write or the
+    synth's return, it sends the current voice again, so the synth ends on the final position.
+    Each counter has one writer: xruns the notification thread, reconnects the main thread (poll),
+    the rest the process callback."""
+
+    def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
+        """`api` is rtmidi's and unused here, so that both adapters open alike."""
+        jack = _jack()
+        self.engine, self.xruns, self.sent, self.failed = engine, 0, 0, 0
+        self.stopped = threading.Event()  # set when the JACK server goes away
+        self.reason = None
+        self._xruns_seen = self._cycle = 0
+        self._new_at = -RESEND_CYCLES  # the cycle of the last new voice
+        self.reconnects = self._reconnects_seen = 0  # the synth came back: send it the voice
+        self._changed = threading.Event()  # a port came or went
+        self.client = client = _jack_client(name, jack)
+        self.inport = client.midi_inports.register("control")
+        self.outport = client.midi_outports.register("synth")
+        client.set_process_callback(self._process)
+        client.set_xrun_callback(self._xrun)
+        client.set_shutdown_callback(self._shutdown)
+        client.set_port_registration_callback(lambda port, register: self._changed.set(), only_available=False)
+        self._jack_error = jack.JackError
+        try:
+            sources, destinations = _jack_ports(client)
+            self._controller = Follow("controller", controller, controller and match_port(
+                controller, sources, "source"))
+            self._synth = Follow("synth", synth, synth and match_port(synth, destinations, "destination"))
+            client.activate()
+            if self.controller:
+                client.connect(self.controller, self.inport)
+            if self.synth:
+                client.connect(self.outport, self.synth)
+        except BaseException:
+            client.close()
+            raise
+
+    controller = property(lambda self: self._controller.name)
+    synth = property(lambda self: self._synth.name)
+
+    def _process(self, frames):
+        engine = self.engine
+        for _, data in self.inport.incoming_midi_events():
+            engine.handle(bytes(data))
+        self._cycle += 1
+        if self.xruns != self._xruns_seen:
+            self._xruns_seen = self.xruns
+            if self._cycle - self._new_at <= RESEND_CYCLES:
+                engine.resend()
+        if self.reconnects != self._reconnects_seen:
+            self._reconnects_seen = self.reconnects
+            engine.resend()
+        self.outport.clear_buffer()
+        if engine.due():
+            if engine.fresh():
+                self._new_at = self._cycle
+            try:
+                self.outport.write_midi_event(0, engine.update())
+                self.sent += 1
+            except self._jack_error:
+                self.failed += 1
+                engine.resend()
+
+    def _xrun(self, delay_usecs):
+        self.xruns += 1
+
+    def _shutdown(self, status, reason):
+        self.reason = reason
+        self.stopped.set()
+
+    def poll(self):
+        """Outside the callback, now and then: reconnects a port that came back after it went
+        away. Returns lines saying what changed."""
+        if not self._changed.is_set() or self.stopped.is_set():
+            return []
+        self._changed.clear()
+        sources, destinations = _jack_ports(self.client)
+
+        def connect(source, destination):
+            try:
+                self.client.connect(source, destination)
+            except self._jack_error as e:  # gone again already
+                raise Error(str(e)) from None
+
+        lines = self._controller.update(sources, self.inport.is_connected_to,
+                                        lambda name: connect(name, self.inport))
+        synth = self._synth.update(destinations, self.outport.is_connected_to,
+                                   lambda name: connect(self.outport, name))
+        if synth and synth[-1].startswith("synth: reconnected"):
+            self.reconnects += 1
+        return lines + synth
+
+    def ports(self):
+        """Our two ports' full names, for the user to connect by hand."""
+        return self.inport.name, self.outport.name
+
+    def close(self):
+        try:
+            self.client.deactivate()
+        except self._jack_error:  # the server is gone
+            pass
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def list_ports(api=None):
+        client = _jack_client("neuraldx7-ports", _jack())
+        try:
+            return _jack_ports(client)
+        finally:
+            client.close()
+
+    @staticmethod
+    def send_messages(messages, port, api=None, gap=0.1, timeout=10.0):
+        jack = _jack()
+        client = _jack_client("neuraldx7-send", jack)
+        try:
+            name = match_port(port, _jack_ports(client)[1], "destination")
+            outport = client.midi_outports.register("out")
+            pending, written, failed = [], threading.Event(), []
+
+            def process(frames):
+                outport.clear_buffer()
+                if pending:
+                    try:
+                        outport.write_midi_event(0, pending.pop())
+                    except jack.JackError as e:
+                        failed.append(str(e))
+                    written.set()
+
+            client.set_process_callback(process)
+            client.activate()
+            client.connect(outport, name)
+            for i, message in enumerate(messages):
+                time.sleep(gap if i else 0)
+                written.clear()
+                pending.append(bytes(message))
+                if not written.wait(timeout):
+                    raise Error(f"JACK did not run a cycle in {timeout:g} s")
+                if failed:
+                    raise Error(f"JACK could not send a {len(message)}-byte message ({failed[0]})")
+            time.sleep(2 * client.blocksize / client.samplerate)  # the cycle that delivers it
+            return name
+        finally:
+            client.close()
+
+
+class RtmidiLink:
+    """The rtmidi adapter. rtmidi's callback on the controller's port only applies the CC; a
+    worker thread decodes and sends whatever is due, so a flood of CCs costs one decode per
+    pass, always of the newest position. An unnamed port is opened as a virtual one for the user
+    to connect; a named one that goes away is looked for again every POLL_S (`poll`).
+
+    python-rtmidi is used directly, not through mido: mido puts its callback back while it closes
+    a port, and rtmidi holds the GIL while it waits for that callback's thread (JACK) to stop."""
+
+    def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
+        self.engine, self.xruns, self.sent, self.failed = engine, None, 0, 0
+        self.name = name
+        self.stopped = threading.Event()  # rtmidi never stops by itself
+        self._wake, self._closing, self._lock = threading.Event(), False, threading.Lock()
+        self._polled = time.monotonic()
+        self.output, synth_name = _rtmidi_open("out", api, name, synth, "synth", "destination")
+        try:
+            self.input, controller_name = _rtmidi_open("in", api, name, controller, "control", "source")
+        except BaseException:
+            _rtmidi_close(self.output)
+            raise
+        self._synth = Follow("synth", synth, synth_name)
+        self._controller = Follow("controller", controller, controller_name)
+        self.input.ignore_types(sysex=True, timing=True, active_sense=True)
+        self._worker = threading.Thread(target=self._work, daemon=True)
+        self._worker.start()
+        self.input.set_callback(self._on_message)
+
+    controller = property(lambda self: self._controller.name)
+    synth = property(lambda self: self._synth.name)
+
+    def _on_message(self, event, data=None):
+        if self.engine.handle(event[0]):
+            self._wake.set()
+
+    def _work(self):
+        errors = _rtmidi_errors()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            while self.engine.due():
+                message = self.engine.update()
+                with self._lock:
+                    try:
+                        self.output.send_message(message)
+                        self.sent += 1
+                    except errors:
+                        self.failed += 1
+
+    def poll(self):
+        """Every POLL_S at most: reopens a named port that went away once the same pattern
+        picks a port again. Returns lines saying what changed."""
+        if time.monotonic() - self._polled < POLL_S:
+            return []
+        self._polled = time.monotonic()
+
+        def connect_output(name):
+            with self._lock:
+                self.output.close_port()
+                _rtmidi_connect(self.output, name, "synth")
+            self.engine.resend()  # the synth that came back has not heard the current voice
+            self._wake.set()
+
+        def connect_input(name):
+            self.input.cancel_callback()
+            time.sleep(0.1)  # a callback under way ends first (see the class docstring)
+            self.input.close_port()
+            _rtmidi_connect(self.input, name, "control")
+            self.input.set_callback(self._on_message)
+
+        with self._lock:
+            destinations = self.output.get_ports()
+        return (self._synth.update(destinations, lambda name: True, connect_output)
+                + self._controller.update(self.input.get_ports(), lambda name: True, connect_input))
+
+    def ports(self):
+        return f"{self.name}:control", f"{self.name}:synth"
+
+    def close(self):
+        self.input.cancel_callback()
+        self._closing = True
+        self._wake.set()
+        self._worker.join()
+        time.sleep(0.1)  # a callback under way ends first: closing waits on its thread, holding the GIL
+        _rtmidi_close(self.input)
+        _rtmidi_close(self.output)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def list_ports(api=None):
+        ports = []
+        for direction in ("in", "out"):
+            midi = _rtmidi_new(direction, api, "neuraldx7-ports")
+            ports.append(midi.get_ports())
+            midi.delete()
+        return tuple(ports)
+
+    @staticmethod
+    def send_messages(messages, port, api=None, gap=0.1, timeout=None):
+        out, name = _rtmidi_open("out", api, "neuraldx7-send", port, "out", "destination")
+        try:
+            for i, message in enumerate(messages):
+                time.sleep(gap if i else 0)
+                out.send_message(message)
+        finally:
+            _rtmidi_close(out)  # waits until the last message is out
+        return name
+
+
+BACKENDS = {"jack": JackLink, "rtmidi": RtmidiLink}  # the MIDI backends, each one adapter class
+
+
+def choose_backend(backend=None):
+    """The backend to use: `backend` when given, else jack when a JACK server is running, else rtmidi."""
+    if backend is None:
+        return "jack" if jack_running() else "rtmidi"
+    if backend not in BACKENDS:
+        raise Error(f"unknown MIDI backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def list_ports(*, backend=None, api=None):
+    """dict(backend, sources=[...], destinations=[...]): MIDI ports that send (controllers, for
+    --controller) and that receive (synths, for --synth and `send --port`)."""
+    backend = choose_backend(backend)
+    sources, destinations = BACKENDS[backend].list_ports(api)
+    return dict(backend=backend, sources=sources, destinations=destinations)
+
+
+def open_link(engine, *, backend=None, controller=None, synth=None, api=None, name="neuraldx7"):
+    """The adapter of `backend` (None: `choose_backend`) around `engine`, connected and running."""
+    return BACKENDS[choose_backend(backend)](engine, controller=controller, synth=synth, api=api, name=name)
+
+
+def file_messages(path, channel=0):
+    """(number of voices, SysEx messages) of a DX7 file: one single-voice dump for a single voice,
+    else one bulk dump per 32 voices. The file's problems are `dx7.FormatWarning`s."""
+    voices = dx7.load(path)
+    if len(voices) == 1:
+        return len(voices), [dx7.single_voice_message(voices[0], channel)]
+    if len(voices) % 32:
+        raise Error(f"{path}: {len(voices)} voices, neither one voice nor whole cartridges of 32")
+    return len(voices), [dx7.cartridge_message(voices[i:i + 32], channel) for i in range(0, len(voices), 32)]
+
+
+def send_messages(messages, port, *, backend=None, api=None, gap=0.1, timeout=10.0):
+    """Sends SysEx `messages` (bytes, F0 .. F7) to the destination `port` picks, `gap` seconds apart,
+    over `backend` (None: `choose_backend`). Returns (the backend, the port's full name)."""
+    backend = choose_backend(backend)
+    return backend, BACKENDS[backend].send_messages(messages, port, api, gap, timeout)
+
+
+def send_file(path, port, *, backend=None, api=None, channel=0, gap=0.1):
+    """Sends the voices of a DX7 file to a synth; returns (voices, messages, bytes, backend, port name)."""
+    n, messages = file_messages(path, channel)
+    backend, name = send_messages(messages, port, backend=backend, api=api, gap=gap)
+    return n, len(messages), sum(map(len, messages)), backend, name
