@@ -285,8 +285,8 @@ def fitted_prior(model):
 
 def bundle(workdir, out=BUNDLED):
     """Makes the model in `workdir` the bundled one: its last checkpoint's parameters and meta (no
-    optimizer state; the dataset path cut to its file name, so no machine path ships) with its
-    features.json and training.npz, written to `out` (replacing what is there)."""
+    optimizer state; the dataset's and `init_from`'s paths cut to their last part, so no machine
+    path ships) with its features.json and training.npz, written to `out` (replacing what is there)."""
     model = load(workdir)
     for path in (features_path(workdir), training_path(workdir)):
         if not path.is_file():
@@ -295,6 +295,8 @@ def bundle(workdir, out=BUNDLED):
     if meta.dataset is not None:
         meta = dataclasses.replace(meta, dataset=dataclasses.replace(
             meta.dataset, path=Path(meta.dataset.path).name if meta.dataset.path else None))
+    if meta.init_from is not None:
+        meta = dataclasses.replace(meta, init_from=Path(meta.init_from).name)
     out = Path(out)
     tmp = out.with_name(out.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)

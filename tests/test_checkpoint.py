@@ -52,11 +52,12 @@ def test_a_model_that_names_no_dataset_is_one_line_not_a_traceback(tmp_path, cap
     assert err.count("\n") == 1 and "names no dataset" in err
 
 
-def test_bundle_keeps_params_meta_and_features_and_cuts_the_dataset_path(tmp_path):
+def test_bundle_keeps_params_meta_and_features_and_cuts_the_machine_paths(tmp_path):
     voices = random_voices(40)
     np.savez(tmp_path / "data.npz", train=voices[:32], validation=voices[32:])
     meta = checkpoint.Meta(config=config.test(), step=3, seed=0,
-                           dataset=checkpoint.Dataset(str(tmp_path / "data.npz"), 32, 8))
+                           dataset=checkpoint.Dataset(str(tmp_path / "data.npz"), 32, 8),
+                           init_from=str(tmp_path / "previous"))
     write(tmp_path / "w", meta)
     with pytest.raises(Error, match="features.json is missing"):
         checkpoint.bundle(tmp_path / "w", tmp_path / "b")
@@ -64,4 +65,6 @@ def test_bundle_keeps_params_meta_and_features_and_cuts_the_dataset_path(tmp_pat
     out = checkpoint.bundle(tmp_path / "w", tmp_path / "b")
     got, was = checkpoint.load(out), checkpoint.load(tmp_path / "w")
     assert got.meta.dataset.path == "data.npz" and got.meta.step == 3 and got.features == was.features
+    assert got.meta.init_from == "previous" and str(tmp_path) not in (out / "checkpoints").joinpath(
+        "3", "meta", "metadata").read_text()
     assert got.training["count"] == 32

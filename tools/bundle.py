@@ -1,5 +1,5 @@
 """Make a trained model the bundled one: the parameters and meta of its last checkpoint (no optimizer
-state; the dataset path cut to its file name, so no machine path ships) with its features.json and
+state; the dataset and init-from paths cut to their last part, so no machine path ships) with its features.json and
 training.npz, written to neuraldx7_jax/bundled (replacing what is there).
 
     neuraldx7 features --checkpoint runs/mine --data dx7.npz    # if training did not write them
