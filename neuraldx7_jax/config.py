@@ -2,6 +2,13 @@
 are functions returning it. No JAX: commands read it before deciding to import JAX."""
 import dataclasses
 
+# The temperature new voices are drawn at, wherever they are (generate, the page, the duplicates
+# study): values sampled from the decoder's softmax, so that each parameter's values come out
+# distributed like real voices'. 0, the original's argmax, concentrates every parameter on its
+# most likely values (most voices then share a few algorithms): MODEL_CARD.md has both's figures.
+# Decoding a given latent (live control, interpolate, variations) stays argmax.
+NEW_VOICE_TEMPERATURE = 1.0
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

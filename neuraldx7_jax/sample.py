@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data, dx7, names
+from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
@@ -392,7 +393,7 @@ def name_voices(model, z, voices):
 MAX_CANDIDATES = 64 * 32  # candidates one cartridge may skip; then it keeps what comes (`cartridges`)
 
 
-def cartridges(model, count=1, *, temperature=0.0, seed=0, prior=None, allow_silent=False, batch=None):
+def cartridges(model, count=1, *, temperature=NEW_VOICE_TEMPERATURE, seed=0, prior=None, allow_silent=False, batch=None):
     """Yields `count` Cartridges drawn from `prior` (`prior_of`) in the order of the seed's
     sample stream: a candidate voice is skipped ("redrawn") when `dx7.estimated_silent` calls
     it silent (unless `allow_silent`), when an earlier voice of this call has the same 145
@@ -438,7 +439,7 @@ def cartridges(model, count=1, *, temperature=0.0, seed=0, prior=None, allow_sil
         stream.close()
 
 
-def generate_cartridges(model, out, *, count=1, temperature=0.0, seed=0, batch=None, prior=None,
+def generate_cartridges(model, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, seed=0, batch=None, prior=None,
                         allow_silent=False):
     """Writes `count` `cartridges` (see `cartridge_paths`), each as soon as it is complete.
     Yields (path, Cartridge) per cartridge."""
@@ -469,7 +470,7 @@ class Generation(NamedTuple):
     cartridges: Any
 
 
-def generate(checkpoint, out, *, count=1, temperature=0.0, seed=0, prior=None, like=None, name=None,
+def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, seed=0, prior=None, like=None, name=None,
              allow_silent=False, batch=None):
     """What `neuraldx7 generate` does: checks the destinations, loads the model
     (`checkpoint_lib.load`), and starts `generate_cartridges` from `prior`, or from the density of the

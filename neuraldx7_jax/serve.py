@@ -24,6 +24,7 @@ import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import dx7, sample
+from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
 HOST = "127.0.0.1"
@@ -120,7 +121,7 @@ def _whole(query, name, low, high, default=None):
 def _temperature(query):
     text = _one(query, "temperature")
     if text is None:
-        return 0.0
+        return NEW_VOICE_TEMPERATURE
     try:
         t = float(text)
     except ValueError:

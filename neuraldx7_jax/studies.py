@@ -13,10 +13,11 @@ from tqdm import tqdm
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data as data_lib
 from neuraldx7_jax import dx7, names, sample, train
+from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
 
-def duplicates(checkpoint=None, *, samples=65536, batch=None, temperature=0.0, seed=0, data=None, prior=None,
+def duplicates(checkpoint=None, *, samples=65536, batch=None, temperature=NEW_VOICE_TEMPERATURE, seed=0, data=None, prior=None,
                audio=None, progress=True):
     """`duplicates_study` of the model in `checkpoint` (`checkpoint.load`) against its training
     voices (`training_voices`); with `audio` N, also the audible fraction of N of its samples
@@ -154,7 +155,7 @@ def training_voices(model, data=None):
     return data_lib.load_dataset(path)["train"], path, None
 
 
-def duplicates_study(model, samples, *, batch=None, temperature=0.0, seed=0, training=None, progress=True,
+def duplicates_study(model, samples, *, batch=None, temperature=NEW_VOICE_TEMPERATURE, seed=0, training=None, progress=True,
                      prior=None):
     """The original's uniqueness study: `samples` voices drawn from `prior` (`prior_of`) and
     counted by `count_uniqueness` (novelty against `training` voices, or else the training keys

@@ -183,10 +183,10 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     like = dx7.load(tmp_path / "brass.syx")
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
     assert code == 0 and "standard prior" in out
-    model = checkpoint.load(work)
-    expected = next(sample.cartridges(model, 1, temperature=0.0, seed=0, prior=sample.like_prior(model, np.asarray(brass), seed=0)))
+    model = checkpoint.load(work)  # without --temperature: 1, values sampled
+    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior=sample.like_prior(model, np.asarray(brass), seed=0)))
     np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
-    standard = next(sample.cartridges(model, 1, temperature=0.0, seed=0, prior="standard"))
+    standard = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior="standard"))
     np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)
     for argv, message in [(["--name", "BRASS"], "give --like too"),
                           (["--like", rom, "--prior", "standard"], "give one"),
@@ -201,7 +201,7 @@ def test_audio_figures_of_duplicates_and_evaluate(trained, shared_data, dexed, c
     work, dataset = trained
     code, out, _ = run(capsys, "duplicates", "--samples", 64, "--audio", 16, "--json", "--checkpoint", work)
     report = json.loads(out)
-    voices = sample.sample_prior(checkpoint.load(work), 16)
+    voices = sample.sample_prior(checkpoint.load(work), 16, temperature=1.0)  # the study's default
     assert report["audio_voices"] == 16
     assert report["audible_fraction"] == audio.audible_fraction(voices)
     assert 0 <= report["training_audible_fraction"] <= 1

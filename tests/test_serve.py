@@ -281,17 +281,18 @@ def test_answers_are_those_of_the_library(url, model, tmp_path):
         single = get(url + f"api/voice.syx?seed={seed}&temperature={temperature}&index=5")[2]
         assert dx7.parse_single_voice(single).tolist() == voices[4].tolist()
     moved = [2.0, -1.0, 0.5, 3.0]
-    voice = get_json(url + f"api/voice?seed=1&index=4&z={','.join(map(str, moved))}")
+    voice = get_json(url + f"api/voice?seed=1&temperature=0&index=4&z={','.join(map(str, moved))}")
     expected = data.clean_names(sample.decode(model, np.float32([moved]), temperature=0.0))[0]  # argmax, as live control
     assert voice["values"] == expected.tolist() and voice["name"] == dx7.voice_name(expected)
 
 
 def test_more_like_this_is_generate_like(url, app, model):
-    """`like=SEED:INDEX` is a cartridge near voice INDEX of cartridge SEED, as `generate --like` draws it."""
-    source = app.cartridge_voices(3, 0.0).voices[6]
+    """`like=SEED:INDEX` is a cartridge near voice INDEX of cartridge SEED, as `generate --like` draws it;
+    without a temperature, at the default 1 (values sampled)."""
+    source = app.cartridge_voices(3, 1.0).voices[6]
     got = get_json(url + "api/cartridge?seed=8&like=3:7")
-    assert got["like"] == "3:7"
-    expected = next(sample.cartridges(model, 1, temperature=0.0, seed=8, prior=sample.like_prior(model, source[None], seed=8)))
+    assert got["like"] == "3:7" and got["temperature"] == 1.0
+    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=8, prior=sample.like_prior(model, source[None], seed=8)))
     assert [v["name"] for v in got["voices"]] == [dx7.voice_name(v) for v in expected.voices]
     np.testing.assert_allclose(got["latents"], expected.z, rtol=1e-6)
     status, _, body = get(url + "api/cartridge.syx?seed=8&like=3:7")
@@ -310,7 +311,7 @@ def test_wav_answers_are_riff_audio(url, app):
         needed("dexed-py (the audio extra) is not installed")
     status, headers, body = get(url + "api/voice.wav?seed=3&index=2&note=48")
     assert status == 200 and headers["Content-Type"] == "audio/wav" and body[:4] == b"RIFF"
-    voice = app.voice(3, 0.0, 2)[1]
+    voice = app.voice(3, 1.0, 2)[1]  # without a temperature: the default, 1
     from neuraldx7_jax import audio
     assert body == audio.wav_bytes(audio.render(voice, note=48, seconds=serve.NOTE_SECONDS), audio.SAMPLE_RATE)
 
@@ -416,7 +417,8 @@ def test_the_page_generates_plays_edits_and_downloads(browser, url, app, model, 
         page.click("#new")
     page.wait_for_function(f"location.href !== {json.dumps(first)}")
     seed = int(page.input_value("#seed"))
-    cart = get_json(url + f"api/cartridge?seed={seed}&temperature=0")
+    assert page.input_value("#temperature") == "1"  # the page starts at the default temperature
+    cart = get_json(url + f"api/cartridge?seed={seed}&temperature=1")
     page.wait_for_function(f"document.querySelector('#voices td.name').textContent === "
                            f"{json.dumps(cart['voices'][0]['name'])}")
     assert names_on(page) == [v["name"] for v in cart["voices"]]
@@ -442,19 +444,19 @@ def test_the_page_generates_plays_edits_and_downloads(browser, url, app, model, 
     moved = answer.value.json()
     z = [float(x) for x in page.get_attribute("#editor", "data-z").split(",")]
     assert z[1] == pytest.approx(high) and z[0] == pytest.approx(cart["latents"][4][0])
-    expected = app.voice(seed, 0.0, 5, np.float32(z))[1]  # the page shows the voice decoded at the new latent
+    expected = app.voice(seed, 1.0, 5, np.float32(z))[1]  # the page shows the voice decoded at the new latent
     assert moved["values"] == expected.tolist() and page.inner_text("#edit-name") == dx7.voice_name(expected)
-    changed = int(np.sum(expected != app.voice(seed, 0.0, 5)[1]))
+    changed = int(np.sum(expected != app.voice(seed, 1.0, 5)[1]))
     assert page.inner_text("#edit-changed") == (f"{changed} of 155 values changed" if changed else "as generated")
 
     with page.expect_download() as download:
         page.click("#download")
     path = tmp_path / download.value.suggested_filename
     download.value.save_as(path)
-    assert path.name == f"neuraldx7_seed{seed}_t0.syx" and path.stat().st_size == dx7.BULK_SIZE
+    assert path.name == f"neuraldx7_seed{seed}_t1.syx" and path.stat().st_size == dx7.BULK_SIZE
     voices = dx7.load(path)
     assert len(voices) == 32 and dx7.is_valid(voices).all()
-    assert path.read_bytes() == cartridge_bytes(model, seed, 0.0, tmp_path)
+    assert path.read_bytes() == cartridge_bytes(model, seed, 1.0, tmp_path)
 
     page.fill("#temperature", "0.8")  # the same seed at another temperature, in the address
     page.dispatch_event("#temperature", "change")

@@ -150,7 +150,7 @@ def _print_audibility(report):
 DUPLICATES = (
     Option("samples", int, 65536, "voices to sample (default: 65536)"),
     BATCH,
-    Option("temperature", float, 0.0, "sampling temperature (default: 0, argmax)"),
+    TEMPERATURE,
     Option("data", help="the training dataset .npz (default: the checkpoint's)"),
     JSON, PRIOR, AUDIO, SEED, CHECKPOINT,
 )

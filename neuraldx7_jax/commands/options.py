@@ -4,6 +4,7 @@ cannot drift. Also the registry of the subcommands (`command`). Imports nothing 
 import sys
 from typing import Any, Callable, NamedTuple
 
+from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
 PRIORS = ("fitted", "standard")  # sample.PRIORS (a test checks), named here so --help imports no JAX
@@ -122,8 +123,9 @@ AUDIO = Option("audio", int, None, "also render N voices (default 1024) at C4 th
 PRIOR = Option("prior", str, None, "where latents are drawn: 'fitted', the density of the training set's "
                "latents stored with the model (the default when it has one), or 'standard', N(0, I) as "
                "the original did", choices=PRIORS)
-TEMPERATURE = Option("temperature", float, 0.0, "0 takes the most likely value of each parameter "
-                     "(default); > 0 samples from softmax(logits / T)")
+TEMPERATURE = Option("temperature", float, NEW_VOICE_TEMPERATURE, "values are sampled from "
+                     "softmax(logits / T) (default: 1, the model's own distribution); 0 takes the most "
+                     "likely value of each parameter, as the original did")
 BATCH = Option("batch", int, None, "voices per device call (default: 256 on CPU, 4096 on GPU/TPU); "
                "results do not depend on it")
 JSON = Option("json", bool, help="print the figures as JSON")

@@ -199,7 +199,7 @@ async function decode() {
 function fromAddress() {
   const params = new URLSearchParams(location.search);
   const seed = params.get("seed");
-  return { seed: seed === null ? randomSeed() : seed, temperature: params.get("temperature") ?? "0",
+  return { seed: seed === null ? randomSeed() : seed, temperature: params.get("temperature") ?? "1",
            like: params.get("like") };
 }
 
