@@ -460,36 +460,14 @@ def poll_until(link, text, timeout=60.0):
     return seen
 
 
-def test_jack_reconnects_ports_that_come_back(rig, model, reference):
+LINKS = dict(jack=lambda engine, **ports: midi.JackLink(engine, **ports),
+             rtmidi=lambda engine, **ports: midi.RtmidiLink(engine, **ports, api="jack"))
+
+
+@pytest.mark.parametrize("backend", sorted(LINKS))
+def test_ports_that_come_back_are_reconnected(rig, model, reference, backend):
     engine = live.Engine(model)
-
-    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
-        rig.play([[cc(20, 0)]])
-        settle(engine, 1, link)
-        before = rig.wait_for(link.sent)
-        rig.close_client("synth")
-        assert poll_until(link, "went away") == [
-            "the synth port pytest-synth:in went away; waiting for a port matching 'pytest-synth'"]
-        rig.open_client("synth")
-        assert poll_until(link, "reconnected") == ["synth: reconnected to pytest-synth:in"]
-        settle(engine, 1, link)  # the synth that came back gets the current voice
-        rig.close_client("controller")
-        poll_until(link, "the controller port pytest-controller:out went away")
-        rig.open_client("controller")
-        poll_until(link, "controller: reconnected to pytest-controller:out")
-        rig.play([[cc(20, 127)]])
-        settle(engine, 2, link)
-    received = rig.wait_for(link.sent)
-    after = received[len(before):]
-    latents = reference_latents([[cc(20, 0)], [cc(20, 127)]], MEAN, STD)
-    check_dumps(before, latents[:1], reference, channel=0)
-    check_dumps(after, latents, reference, channel=0)  # the voice again, then the new one
-    assert link.sent == len(received) and engine.ccs == 2
-
-
-def test_rtmidi_reconnects_ports_that_come_back(rig, model, reference):
-    engine = live.Engine(model)
-    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
+    with LINKS[backend](engine, controller="pytest-controller", synth="pytest-synth") as link:
         rig.play([[cc(20, 0)]])
         settle(engine, 1, link)
         before = rig.wait_for(link.sent)
@@ -509,6 +487,7 @@ def test_rtmidi_reconnects_ports_that_come_back(rig, model, reference):
     latents = reference_latents([[cc(20, 0)], [cc(20, 127)]], MEAN, STD)
     check_dumps(before, latents[:1], reference, channel=0)
     check_dumps(received[len(before):], latents, reference, channel=0)  # the voice again, then the new one
+    assert link.sent == len(received) and engine.ccs == 2
     check_accounting(engine, link, received, ccs=2)
 
 
