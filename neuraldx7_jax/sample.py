@@ -99,9 +99,23 @@ def make_decoder(model_cfg):
     return jax.jit(lambda params, z: jnp.argmax(decode_logits(model_cfg, params, z), -1).astype(jnp.uint8))
 
 
-def make_mesh():
-    """A 1-D mesh over every device of every host; the batch is split on its `data` axis."""
-    return Mesh(np.array(jax.devices()), ("data",))
+# From this width up, a model's matmuls already keep every core of a CPU busy, and one device
+# trains faster than one per core (`original`, F=512: 1.12x on a 2-core Xeon; `small`, F=128, and
+# `bundled`, F=64, are 1.14x and 1.26x faster on two; docs/performance.md).
+ONE_DEVICE_FEATURES = 512
+
+
+def make_mesh(model=None):
+    """A 1-D mesh over every device of every host; the batch is split on its `data` axis. Given
+    the `model` config to train, a CPU host where the device count was not set by the user
+    (`neuraldx7_jax.CORES_CHOSEN`) gets a mesh of one device for a model of at least
+    `ONE_DEVICE_FEATURES` features."""
+    import neuraldx7_jax
+    devices = jax.devices()
+    if (model is not None and model.features >= ONE_DEVICE_FEATURES and neuraldx7_jax.CORES_CHOSEN
+            and jax.default_backend() == "cpu" and jax.process_count() == 1):
+        devices = devices[:1]
+    return Mesh(np.array(devices), ("data",))
 
 
 def pieces(rows, most):

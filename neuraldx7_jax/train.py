@@ -218,8 +218,11 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
     train_voices, val_voices = dataset["train"], dataset["validation"]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = sample.make_mesh()
+    mesh = sample.make_mesh(cfg.model)
     n_dev = mesh.devices.size
+    if n_dev < jax.device_count():
+        announce(f"training on one of the {jax.device_count()} CPU devices: a model this wide "
+                 f"(F={cfg.model.features}) is faster there (JAX_NUM_CPU_DEVICES=N chooses for yourself)")
     if cfg.train.batch_size % n_dev:
         raise Error(f"batch size {cfg.train.batch_size} is not a multiple of the {n_dev} devices")
 

@@ -212,8 +212,31 @@ def test_init_from_starts_a_new_run_from_a_trained_models_parameters(dataset, tm
     assert meta.step == 1 and meta.init_from == str(tmp_path / "a")
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(fresh)))
+    # resuming it (without --init-from) keeps where it started in its checkpoints' record
+    assert cli.main([*common[:-4], "--steps", "2", "--warmup-steps", "5", "--workdir", str(tmp_path / "b")]) == 0
+    meta = checkpoint.load(tmp_path / "b")[2]
+    assert meta.step == 2 and meta.init_from == str(tmp_path / "a")
+    capsys.readouterr()
     # another model config is refused in one line naming the checkpoint and the field
     code = cli.main([*common, "--workdir", str(tmp_path / "d"), "--init-from", str(tmp_path / "a"),
                      "--set", "model.features=32"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(tmp_path / "a") in err and "features 16 there, 32 here" in err, err
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one device per core")
+def test_wide_models_train_on_one_cpu_device_unless_the_user_chose():
+    """With one device per core chosen by the package, a model of F >= 512 trains on one device
+    (its matmuls already use every core; docs/performance.md); narrower ones on all of them. A
+    device count the user set is kept for every width."""
+    script = ("import json; from neuraldx7_jax import config, sample\n"
+              "print(json.dumps([sample.make_mesh(config.preset(p).model).devices.size\n"
+              "                  for p in ('original', 'small', 'bundled')] + [sample.make_mesh().devices.size]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+    chosen = subprocess.run([sys.executable, "-c", script], env=dict(env, JAX_PLATFORMS="cpu"), check=True,
+                            capture_output=True, text=True).stdout
+    cores = len(os.sched_getaffinity(0))
+    assert json.loads(chosen) == [1, cores, cores, cores]
+    user = subprocess.run([sys.executable, "-c", script], env=dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2"),
+                          check=True, capture_output=True, text=True).stdout
+    assert json.loads(user) == [2, 2, 2, 2]
