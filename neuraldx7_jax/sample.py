@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import neuraldx7_jax
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data, dx7, names
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
@@ -110,7 +111,6 @@ def make_mesh(model=None):
     the `model` config to train, a CPU host where the device count was not set by the user
     (`neuraldx7_jax.CORES_CHOSEN`) gets a mesh of one device for a model of at least
     `ONE_DEVICE_FEATURES` features."""
-    import neuraldx7_jax
     devices = jax.devices()
     if (model is not None and model.features >= ONE_DEVICE_FEATURES and neuraldx7_jax.CORES_CHOSEN
             and jax.default_backend() == "cpu" and jax.process_count() == 1):
