@@ -200,7 +200,7 @@ def write_mapping(path, ccs):
 def summary_line(stats):
     """What went in and out: voices, CCs, what was superseded, resent or lost, latency, xruns."""
     xruns = stats.get("xruns")
-    resent = f" ({stats['resent']} again after an xrun or a failed write)" if stats["resent"] else ""
+    resent = f" ({stats['resent']} of them again, in case one was lost)" if stats["resent"] else ""
     latency = (f"decode latency p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, "
                f"max {stats['max_ms']:.2f} ms" if stats["decodes"] else "no decodes")
     return (f"sent {stats['sent']} voices{resent} for {stats['ccs']} CCs ({stats['moves']} moves, "

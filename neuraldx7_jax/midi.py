@@ -18,6 +18,7 @@ from neuraldx7_jax import dx7
 from neuraldx7_jax.errors import Error
 
 RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) after a new voice sends it again
+SETTLE_CYCLES = 20  # JACK: this many quiet cycles (0.1 s) after a new voice, it goes out once more
 POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that went away
 
 
@@ -211,7 +212,9 @@ class JackLink:
     """The JACK adapter: a client with a MIDI input `control` and output `synth`. Each cycle its
     process callback applies the cycle's CCs and, when the engine has something due, writes one
     voice: the newest. After an xrun (up to RESEND_CYCLES after a new voice), a failed write or the
-    synth's return, it sends the current voice again, so the synth ends on the final position.
+    synth's return, it sends the current voice again, and once more SETTLE_CYCLES after the last
+    new voice (an overloaded server drops some messages without an xrun), so the synth ends on the
+    final position.
     Each counter has one writer: xruns the notification thread, reconnects the main thread (poll),
     the rest the process callback."""
 
@@ -259,6 +262,8 @@ class JackLink:
             self._xruns_seen = self.xruns
             if self._cycle - self._new_at <= RESEND_CYCLES:
                 engine.resend()
+        if self._cycle - self._new_at == SETTLE_CYCLES:
+            engine.resend()
         if self.reconnects != self._reconnects_seen:
             self._reconnects_seen = self.reconnects
             engine.resend()

@@ -417,6 +417,19 @@ def test_jack_sends_the_voice_again_after_an_xrun(rig, model, reference):
     check_accounting(engine, link, received, ccs=1)
 
 
+def test_jack_sends_the_last_voice_once_more_when_the_knobs_settle(rig, model, reference):
+    """An overloaded server drops some messages without reporting an xrun (seen in
+    tools/live_latency.py under load): SETTLE_CYCLES after the last new voice it goes out again."""
+    engine = live.Engine(model)
+    with midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth") as link:
+        rig.play([[cc(20, 0)]])
+        settle(engine, 1, link)
+    received = rig.wait_for(link.sent)
+    assert engine.decodes == 1 and engine.resent >= 1 and len(received) >= 2
+    check_dumps(received, reference_latents([[cc(20, 0)]], MEAN, STD), reference, channel=0)
+    check_accounting(engine, link, received, ccs=1)
+
+
 def test_jack_flood_every_cycle_sends_its_newest_voice(rig, model, reference):
     rng = np.random.default_rng(0)  # 1,000 CCs over 2 s (375 cycles) on 4 knobs
     batches = [[cc(20 + k, v) for k, v in zip(rng.integers(0, 4, n), rng.integers(0, 128, n))]
