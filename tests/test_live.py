@@ -667,10 +667,13 @@ def test_live_latency_tool_on_an_asynchronous_server(tmp_path):
     """tools/live_latency.py: the bundled model through the engine on a JACK server of its own,
     asynchronous as a user runs it, so xruns may lose messages: the last voice still arrives."""
     need_jackd()
-    out = tmp_path / "latency.json"
+    out, temp = tmp_path / "latency.json", tmp_path / "temp"
+    temp.mkdir()
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "live_latency.py"), "--cycles", "300",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TMPDIR=str(temp)))
     assert done.returncode == 0, done
+    assert not list(temp.iterdir())  # the server's log goes with it
     figures = json.loads(out.read_text())
     assert figures["ccs_sent"] == 300 and 0 < figures["ccs"] <= 300 and figures["final_voice_arrived"]
     assert figures["decodes"] + figures["resent"] == figures["sent"] + figures["failed"]

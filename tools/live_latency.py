@@ -95,8 +95,8 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
     name = f"neuraldx7-latency-{uuid.uuid4().hex[:8]}"
     os.environ["JACK_DEFAULT_SERVER"] = name
     os.environ["JACK_NO_START_SERVER"] = "1"
-    log = os.path.join(tempfile.mkdtemp(prefix="live_latency"), "jackd.log")
-    with open(log, "w") as out:
+    logs = tempfile.mkdtemp(prefix="live_latency")  # the server's log, kept only when it did not start
+    with open(os.path.join(logs, "jackd.log"), "w") as out:
         server = start_jackd(name, rate, period, out)
     peers = None
     try:
@@ -130,6 +130,7 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
             peers.wait(10)
         server.terminate()
         server.wait(10)
+        shutil.rmtree(logs)
     stats = engine.stats()
     period_ms = period / rate * 1e3
     ms = engine.latency_ms[:min(engine.decodes, live.HISTORY)]
