@@ -20,6 +20,7 @@ from neuraldx7_jax.errors import Error
 RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) after a new voice sends it again
 SETTLE_CYCLES = 20  # JACK: this many quiet cycles (0.1 s) after a new voice, it goes out once more
 POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that went away
+INPUT_S = 0.001  # rtmidi: with no MIDI queued, the worker looks again after this long
 
 
 def match_port(pattern, names, role):
@@ -368,19 +369,21 @@ class JackLink:
 
 
 class RtmidiLink:
-    """The rtmidi adapter. rtmidi's callback on the controller's port only applies the CC; a
-    worker thread decodes and sends whatever is due, so a flood of CCs costs one decode per
-    pass, always of the newest position. An unnamed port is opened as a virtual one for the user
-    to connect; a named one that goes away is looked for again every POLL_S (`poll`).
+    """The rtmidi adapter. A worker thread reads what the controller's port has queued, applies
+    the CCs, then decodes and sends whatever is due, so a flood of CCs costs one decode per pass,
+    always of the newest position; with nothing queued it looks again after INPUT_S. An unnamed
+    port is opened as a virtual one for the user to connect; a named one that goes away is looked
+    for again every POLL_S (`poll`).
 
-    python-rtmidi is used directly, not through mido: mido puts its callback back while it closes
-    a port, and rtmidi holds the GIL while it waits for that callback's thread (JACK) to stop."""
+    No rtmidi callback is set: rtmidi calls one from its own thread, which may already be on its
+    way in when python-rtmidi cancels it and frees what the call is about to use (CI crashed in a
+    reconnect), and closing a port waits for that thread while holding the GIL it waits on."""
 
     def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
         self.engine, self.xruns, self.sent, self.failed = engine, None, 0, 0
         self.name = name
         self.stopped = threading.Event()  # rtmidi never stops by itself
-        self._wake, self._closing, self._lock = threading.Event(), False, threading.Lock()
+        self._closing, self._lock = False, threading.Lock()  # the lock: the ports, worker or poll
         self._polled = time.monotonic()
         self.output, synth_name = _rtmidi_open("out", api, name, synth, "synth", "destination")
         try:
@@ -393,30 +396,28 @@ class RtmidiLink:
         self.input.ignore_types(sysex=True, timing=True, active_sense=True)
         self._worker = threading.Thread(target=self._work, daemon=True)
         self._worker.start()
-        self.input.set_callback(self._on_message)
 
     controller = property(lambda self: self._controller.name)
     synth = property(lambda self: self._synth.name)
 
-    def _on_message(self, event, data=None):
-        if self.engine.handle(event[0]):
-            self._wake.set()
-
     def _work(self):
         errors = _rtmidi_errors()
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._closing:
-                return
-            while self.engine.due():
-                message = self.engine.update()
-                with self._lock:
-                    try:
-                        self.output.send_message(message)
-                        self.sent += 1
-                    except errors:
-                        self.failed += 1
+        while not self._closing:
+            with self._lock:
+                event = self.input.get_message()
+            if event is not None:
+                self.engine.handle(event[0])
+                continue  # everything queued first: one decode, of the newest position
+            if not self.engine.due():
+                time.sleep(INPUT_S)
+                continue
+            message = self.engine.update()
+            with self._lock:
+                try:
+                    self.output.send_message(message)
+                    self.sent += 1
+                except errors:
+                    self.failed += 1
 
     def poll(self):
         """Every POLL_S at most: reopens a named port that went away once the same pattern
@@ -425,34 +426,28 @@ class RtmidiLink:
             return []
         self._polled = time.monotonic()
 
-        def connect_output(name):
-            with self._lock:
-                self.output.close_port()
-                _rtmidi_connect(self.output, name, "synth")
-            self.engine.resend()  # the synth that came back has not heard the current voice
-            self._wake.set()
+        def reconnect(midi, port):
+            def connect(name):
+                with self._lock:
+                    midi.close_port()
+                    _rtmidi_connect(midi, name, port)
+            return connect
 
-        def connect_input(name):
-            self.input.cancel_callback()
-            time.sleep(0.1)  # a callback under way ends first (see the class docstring)
-            self.input.close_port()
-            _rtmidi_connect(self.input, name, "control")
-            self.input.set_callback(self._on_message)
+        def connect_output(name):
+            reconnect(self.output, "synth")(name)
+            self.engine.resend()  # the synth that came back has not heard the current voice
 
         with self._lock:
-            destinations = self.output.get_ports()
+            destinations, sources = self.output.get_ports(), self.input.get_ports()
         return (self._synth.update(destinations, lambda name: True, connect_output)
-                + self._controller.update(self.input.get_ports(), lambda name: True, connect_input))
+                + self._controller.update(sources, lambda name: True, reconnect(self.input, "control")))
 
     def ports(self):
         return f"{self.name}:control", f"{self.name}:synth"
 
     def close(self):
-        self.input.cancel_callback()
         self._closing = True
-        self._wake.set()
         self._worker.join()
-        time.sleep(0.1)  # a callback under way ends first: closing waits on its thread, holding the GIL
         _rtmidi_close(self.input)
         _rtmidi_close(self.output)
 

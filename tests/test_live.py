@@ -519,6 +519,29 @@ def test_rtmidi_sends_the_newest_voice_as_the_messages_arrive(rig, model, refere
     assert found == sorted(found) and found[-1] == len(latents) - 1
 
 
+OPEN_AND_CLOSE = """
+import random, sys, time
+from neuraldx7_jax import checkpoint, live, midi
+engine = live.Engine(checkpoint.load(sys.argv[1]))
+for i in range(int(sys.argv[2])):
+    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
+        end = time.monotonic() + random.random() * 0.05
+        while time.monotonic() < end:  # holding the GIL, as Python code does: rtmidi's thread waits on it
+            pass
+print("ccs", engine.ccs)
+"""
+
+
+def test_rtmidi_opens_and_closes_while_the_controller_floods(rig, workdir):
+    """CI crashed here (SIGSEGV): rtmidi's thread, already on its way into our callback, used what
+    python-rtmidi freed when the callback was cancelled on close. The link now sets no callback.
+    In a process of its own, so that a crash fails this test, not the whole run."""
+    rig.play([[cc(20 + i % 4, (n + i) % 128) for i in range(16)] for n in range(6000)])
+    proc = subprocess.run([sys.executable, "-c", OPEN_AND_CLOSE, str(workdir), "60"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) > 0  # the flood reached the links
+
 def test_tools_live_end_to_end(rig, workdir, tmp_path):
     tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]  # `neuraldx7 live`, as a script
     saved = tmp_path / "mapping.json"
