@@ -20,13 +20,12 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from neuraldx7_jax import dx7, names
-from neuraldx7_jax.config import Config
+from neuraldx7_jax.config import LATENT_SPAN, Config
 from neuraldx7_jax.errors import Error
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
 FEATURES_FILE = "features.json"  # per-dimension latent summary and fitted prior, beside the checkpoints
 TRAINING_FILE = "training.npz"  # facts of the training set (no voices), beside the checkpoints
-SPAN = 3.0  # live control's CCs and the page's sliders sweep mean -/+ SPAN std of each latent dimension
 VERSION = 2  # of `Meta`; version 1 (no `version` key: the bundled model, imports) still loads
 
 
@@ -259,7 +258,7 @@ def latent_summary(model):
     return mean, std
 
 
-def latent_ranges(model, span=SPAN):
+def latent_ranges(model, span=LATENT_SPAN):
     """(low (Z,), center (Z,), high (Z,), source) a controller sweeps: mean -/+ `span` std from the
     model's `latent_summary` (source "features"), or -/+ `span` around 0, the prior, without one."""
     summary = latent_summary(model)

@@ -8,6 +8,8 @@ import dataclasses
 # most likely values (most voices then share a few algorithms): MODEL_CARD.md has both's figures.
 # Decoding a given latent (live control, interpolate, variations) stays argmax.
 NEW_VOICE_TEMPERATURE = 1.0
+# Live control's CCs and the page's sliders sweep mean -/+ LATENT_SPAN std of each latent dimension.
+LATENT_SPAN = 3.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,9 @@ import time
 
 import numpy as np
 
-from neuraldx7_jax import dx7, midi
+from neuraldx7_jax import config, dx7, midi
 from neuraldx7_jax.errors import Error
 
-SPAN = 3.0  # CC 0..127 sweeps mean - SPAN std .. mean + SPAN std of its dimension
 LEARN = 8  # the first LEARN distinct CC numbers received take latent dimensions 1..LEARN
 MODE_CCS = range(120, 128)  # channel mode messages (all notes off, ...): never learnt
 HISTORY = 1 << 16  # decode latencies kept for the statistics (a ring)
@@ -34,7 +33,7 @@ class Controls:
     mean + std * span * (2 v / 127 - 1). CCs map to dimensions through `ccs` (CC ccs[i] moves
     dimension i), or, without it, the first distinct CCs received take dimensions 1, 2, ..."""
 
-    def __init__(self, mean, std, *, ccs=None, span=SPAN):
+    def __init__(self, mean, std, *, ccs=None, span=config.LATENT_SPAN):
         mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         latent = len(mean)
         frac = 2.0 * np.arange(128) / 127 - 1.0
@@ -95,7 +94,7 @@ class Engine:
     counted as superseded. `handle` and `update` may run on two threads (each writes its own
     counters), so a decode that read a latent mid-move is followed by another."""
 
-    def __init__(self, model, *, channel=0, ccs=None, span=SPAN):
+    def __init__(self, model, *, channel=0, ccs=None, span=config.LATENT_SPAN):
         summary = latent_summary(model)
         mean, std = summary or (np.zeros(model.config.model.latent), np.ones(model.config.model.latent))
         self.controls = Controls(mean, std, ccs=ccs, span=span)
@@ -209,7 +208,7 @@ def summary_line(stats):
 
 
 def run(checkpoint=None, *, backend=None, controller=None, synth=None, channel=0, ccs=None, mapping=None,
-        save_mapping=None, span=SPAN, api=None, name="neuraldx7", say=None):
+        save_mapping=None, span=config.LATENT_SPAN, api=None, name="neuraldx7", say=None):
     """Plays the model live until Ctrl-C or SIGTERM, reporting through `say(line)`: the ports, each
     CC as it is learnt (written to the file `save_mapping` as it grows, when given), ports that go
     away and come back, then a summary. `ccs` (CC numbers for dimensions 1, 2, ...) or `mapping`

@@ -1,7 +1,7 @@
 """Live command: a MIDI controller's knobs steer the latent, the newest voice goes to a synth."""
 import argparse
 
-from neuraldx7_jax import live as live_lib
+from neuraldx7_jax import config, live as live_lib
 from neuraldx7_jax.commands.options import command
 from neuraldx7_jax.commands.midi import backend_args
 
@@ -38,8 +38,8 @@ def live(parser):
     fixed.add_argument("--mapping", metavar="FILE", help="a file --save-mapping wrote: its CCs for dimensions 1, 2, ...")
     parser.add_argument("--save-mapping", metavar="FILE",
                         help="write the CC -> dimension mapping to FILE (JSON) as it is learnt; --mapping reads it")
-    parser.add_argument("--span", type=float, default=live_lib.SPAN,
-                        help=f"a CC sweeps mean +/- SPAN std of its dimension (default: {live_lib.SPAN:g})")
+    parser.add_argument("--span", type=float, default=config.LATENT_SPAN,
+                        help=f"a CC sweeps mean +/- SPAN std of its dimension (default: {config.LATENT_SPAN:g})")
     parser.add_argument("--name", default="neuraldx7", help="our MIDI client's name (default: neuraldx7)")
 
     def run(args):
