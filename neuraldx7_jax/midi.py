@@ -503,15 +503,14 @@ def open_link(engine, *, backend=None, controller=None, synth=None, api=None, na
     return BACKENDS[choose_backend(backend)](engine, controller=controller, synth=synth, api=api, name=name)
 
 
-def file_messages(path, channel=0):
-    """(number of voices, SysEx messages) of a DX7 file: one single-voice dump for a single voice,
-    else one bulk dump per 32 voices. The file's problems are `dx7.FormatWarning`s."""
-    voices = dx7.load(path)
+def voice_messages(voices, path, channel=0):
+    """The SysEx messages of the voices read from `path`: one single-voice dump for a single voice,
+    else one bulk dump per 32 voices."""
     if len(voices) == 1:
-        return len(voices), [dx7.single_voice_message(voices[0], channel)]
+        return [dx7.single_voice_message(voices[0], channel)]
     if len(voices) % 32:
         raise Error(f"{path}: {len(voices)} voices, neither one voice nor whole cartridges of 32")
-    return len(voices), [dx7.cartridge_message(voices[i:i + 32], channel) for i in range(0, len(voices), 32)]
+    return [dx7.cartridge_message(voices[i:i + 32], channel) for i in range(0, len(voices), 32)]
 
 
 def send_messages(messages, port, *, backend=None, api=None, gap=0.1, timeout=10.0):
@@ -521,8 +520,8 @@ def send_messages(messages, port, *, backend=None, api=None, gap=0.1, timeout=10
     return backend, BACKENDS[backend].send_messages(messages, port, api, gap, timeout)
 
 
-def send_file(path, port, *, backend=None, api=None, channel=0, gap=0.1):
-    """Sends the voices of a DX7 file to a synth; returns (voices, messages, bytes, backend, port name)."""
-    n, messages = file_messages(path, channel)
+def send_voices(voices, path, port, *, backend=None, api=None, channel=0, gap=0.1):
+    """Sends the voices read from `path` to a synth; returns (messages, bytes, backend, port name)."""
+    messages = voice_messages(voices, path, channel)
     backend, name = send_messages(messages, port, backend=backend, api=api, gap=gap)
-    return n, len(messages), sum(map(len, messages)), backend, name
+    return len(messages), sum(map(len, messages)), backend, name

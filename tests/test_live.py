@@ -618,6 +618,14 @@ def test_ports_and_send_commands(rig, tmp_path, capsys):
     assert cli.main(["send", str(tmp_path / "one.syx"), "--port", "synth:in", "--backend", "rtmidi",
                      "--rtmidi-api", "UNIX_JACK", "--gap", "0"]) == 0
     assert rig.wait_for(2)[1:] == [dx7.single_voice_message(voices[3])]
+    assert "sent 1 voice (1 message, 163 bytes) to pytest-synth:in (rtmidi)" in capsys.readouterr().out
+    damaged = bytearray((tmp_path / "cart.syx").read_bytes())
+    damaged[-2] ^= 1  # a wrong checksum: a warning, and the voices go out in a well-formed dump
+    (tmp_path / "damaged.syx").write_bytes(damaged)
+    assert cli.main(["send", str(tmp_path / "damaged.syx"), "--port", "pytest-synth", "--gap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning: ") and "checksum" in out and "sent 32 voices" in out, out
+    assert rig.wait_for(3)[2:] == [dx7.cartridge_message(voices)]
     assert cli.main(["send", str(tmp_path / "one.syx"), "--port", "Dexed", "--backend", "jack"]) == 2
     assert "no MIDI destination matches 'Dexed'" in capsys.readouterr().err
 

@@ -1,5 +1,4 @@
 """MIDI commands: ports, send; and the backend options they share with `live`."""
-import warnings
 
 from neuraldx7_jax.commands.options import command
 
@@ -52,13 +51,13 @@ def send(parser):
     def run(args):
         from neuraldx7_jax import dx7, midi
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", dx7.FormatWarning)
-            n, messages, size, backend, name = midi.send_file(args.file, args.port, backend=args.backend,
-                                                              api=args.rtmidi_api, channel=args.channel - 1,
-                                                              gap=args.gap)
-        for w in caught:
-            print(f"warning: {w.message}")
+        voices, warned = dx7.load_with_warnings(args.file)
+        for text in warned:
+            print(f"warning: {text}")
+        n = len(voices)
+        messages, size, backend, name = midi.send_voices(voices, args.file, args.port, backend=args.backend,
+                                                         api=args.rtmidi_api, channel=args.channel - 1,
+                                                         gap=args.gap)
         print(f"sent {n} voice{'s' * (n != 1)} ({messages} message{'s' * (messages != 1)}, "
               f"{size} bytes) to {name} ({backend})")
     return run
