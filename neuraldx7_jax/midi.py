@@ -376,8 +376,9 @@ class RtmidiLink:
     for again every POLL_S (`poll`).
 
     No rtmidi callback is set: rtmidi calls one from its own thread, which may already be on its
-    way in when python-rtmidi cancels it and frees what the call is about to use (CI crashed in a
-    reconnect), and closing a port waits for that thread while holding the GIL it waits on."""
+    way in when python-rtmidi cancels it (as closing a port does) and frees what the call is about
+    to use (a SIGSEGV in CI), and closing a port waits for that thread while holding the GIL it
+    waits on."""
 
     def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
         self.engine, self.xruns, self.sent, self.failed = engine, None, 0, 0
