@@ -214,8 +214,8 @@ class JackLink:
     process callback applies the cycle's CCs and, when the engine has something due, writes one
     voice: the newest. After an xrun (up to RESEND_CYCLES after a new voice), a failed write or the
     synth's return, it sends the current voice again, and once more SETTLE_CYCLES after the last
-    new voice (an overloaded server drops some messages without an xrun), so the synth ends on the
-    final position.
+    new voice or reconnection (an overloaded server drops some messages without an xrun, and a
+    connection just made may not carry the first), so the synth ends on the final position.
     Each counter has one writer: xruns the notification thread, reconnects the main thread (poll),
     the rest the process callback."""
 
@@ -267,6 +267,7 @@ class JackLink:
             engine.resend()
         if self.reconnects != self._reconnects_seen:
             self._reconnects_seen = self.reconnects
+            self._new_at = self._cycle  # a port that came back: as a new voice for the resends above
             engine.resend()
         self.outport.clear_buffer()
         if engine.due():
