@@ -525,7 +525,7 @@ import random, sys, time
 from neuraldx7_jax import checkpoint, live, midi
 engine = live.Engine(checkpoint.load(sys.argv[1]))
 for i in range(int(sys.argv[2])):
-    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack") as link:
+    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack"):
         end = time.monotonic() + random.random() * 0.05
         while time.monotonic() < end:  # holding the GIL, as Python code does: rtmidi's thread waits on it
             pass
@@ -542,6 +542,7 @@ def test_rtmidi_opens_and_closes_while_the_controller_floods(rig, workdir):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) > 0  # the flood reached the links
+
 
 def test_tools_live_end_to_end(rig, workdir, tmp_path):
     tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]  # `neuraldx7 live`, as a script
