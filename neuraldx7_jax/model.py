@@ -130,16 +130,24 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_BxNxF):
         cfg, dtype = self.config, jnp.dtype(self.config.compute_dtype)
-        h, d = cfg.heads, cfg.features // cfg.heads
-        qkv = Dense(3 * h * d, dtype, name="qkv")(x_BxNxF)
-        qkv_BxNxDx3xH = qkv.reshape(*x_BxNxF.shape[:-1], d, 3, h)
-        # Heads first, (B, H, N, D): batched matmuls in the layout the CPU kernels like best.
-        q, k, v = (jnp.transpose(qkv_BxNxDx3xH[..., i, :], (0, 3, 1, 2)) for i in range(3))
-        scale = math.sqrt(h if cfg.attention_scale == "heads" else d)
-        scores_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / scale
-        weights = softmax(scores_BxHxNxN).astype(dtype)
-        y_BxHxNxD = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-        return jnp.transpose(y_BxHxNxD, (0, 2, 3, 1)).reshape(x_BxNxF.shape)  # feature = i_d * H + i_h
+        qkv = Dense(3 * cfg.features, dtype, name="qkv")(x_BxNxF)
+        scale = math.sqrt(cfg.heads if cfg.attention_scale == "heads" else cfg.features // cfg.heads)
+        return attention_core(qkv, cfg.heads, scale)
+
+
+def attention_core(qkv_BxNx3F, heads, scale):
+    """softmax(Q K^T / scale) V for every head: (B, N, 3F) -> (B, N, F), the original's feature
+    layout (feature = i_d * H + i_h) on both sides. Everything between the QKV matmul and the
+    layer's norm (`tools/step_bound.py` times the step without it)."""
+    dtype = qkv_BxNx3F.dtype
+    b, n, three_f = qkv_BxNx3F.shape
+    qkv_BxNxDx3xH = qkv_BxNx3F.reshape(b, n, three_f // 3 // heads, 3, heads)
+    # Heads first, (B, H, N, D): batched matmuls in the layout the CPU kernels like best.
+    q, k, v = (jnp.transpose(qkv_BxNxDx3xH[..., i, :], (0, 3, 1, 2)) for i in range(3))
+    scores_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / scale
+    weights = softmax(scores_BxHxNxN).astype(dtype)
+    y_BxHxNxD = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+    return jnp.transpose(y_BxHxNxD, (0, 2, 3, 1)).reshape(b, n, three_f // 3)
 
 
 class AttentionLayer(nn.Module):

@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from conftest import ROOT, SHARED
-from neuraldx7_jax import checkpoint, config, train
+from neuraldx7_jax import checkpoint, config, dx7, train
 from neuraldx7_jax.cli import main
 
 TIMER = SHARED / "bench" / "torch_original.py"
@@ -80,3 +80,19 @@ def test_compare_original_runs_both_and_prints_the_ratio():
         assert r["jax"] > 0 and r["torch"] > 0 and r["speedup"] == pytest.approx(r["torch"] / r["jax"])
     assert result["torch_runs"][0]["impl"] == "torch-original" and result["jax_runs"][0]["impl"] == "neuraldx7-jax"
     assert "decode1_p50_ms" in proc.stdout.splitlines()[0]
+
+
+def test_step_bound_times_the_step_with_and_without_attention():
+    """tools/step_bound.py: the FLOPs it takes away are attention's: its six batched matmuls per
+    layer (Q K^T, weights V, and their gradients) plus the softmax, nothing of the dense layers."""
+    proc = subprocess.run([sys.executable, "tools/step_bound.py", "--batch", "4", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.strip().splitlines()
+    assert "attention free" in header
+    cells = [float(c) for part in row.split("|") for c in part.split()]
+    ceiling, rate, _, free_rate, _, attention_gflop, attention_rate, bound = cells[1:]
+    m = config.preset("small").model
+    matmuls = 3 * 2 * 2 * 4 * dx7.N_PARAMS ** 2 * m.features * 2 * m.layers / 1e9  # fwd + 2x bwd, enc + dec
+    assert matmuls <= attention_gflop < 1.1 * matmuls
+    assert min(ceiling, rate, free_rate, attention_rate, bound) > 0
