@@ -19,6 +19,12 @@ LENGTH = dx7.NAME.stop - dx7.NAME.start  # 10
 BEAM = 32  # names kept per position by the beam search: a free one for each voice of a cartridge
 # Interpolation weights of the trigram, bigram and unigram estimates, and a uniform floor.
 WEIGHTS = (0.7, 0.2, 0.09, 0.01)
+# Nats added for each character that is not a space: a length prior. The most probable 10
+# characters are short names, as spaces follow spaces once a name has ended, so without it 14%
+# of the bundled model's names had at most two characters ("S", "SY"; real names: 1%) and their
+# mean length was 4.2 (real: 9.1). 1.5: 2%, 6.2 ("E.PIANO", "SYNBRASS"); 3 fills names with
+# dots and numbers ("Piano....1"). The model card has the sweep.
+LETTER_BONUS = 1.5
 
 
 def symbols(voices):
@@ -57,13 +63,15 @@ def log_probabilities(counts):
 def choose(model_log_p, lm_log_p, taken=()):
     """The name (10 symbols) maximising the summed log probabilities of the VAE (`model_log_p`,
     (10, 95) over the printable characters) and of the trigram model (`lm_log_p`), found by beam
-    search, skipping names in `taken` (a set of tuples) while the beam has others."""
+    search, skipping names in `taken` (a set of tuples) while the beam has others. Every
+    character but a space scores `LETTER_BONUS` more."""
+    bonus = np.where(np.arange(SYMBOLS) == 0, 0.0, LETTER_BONUS)  # symbol 0 is the space
     beams = np.zeros((1, 0), np.int64)
     scores = np.zeros(1)
     for i in range(LENGTH):
         a = beams[:, i - 2] if i >= 2 else np.full(len(beams), START)
         b = beams[:, i - 1] if i >= 1 else np.full(len(beams), START)
-        total = scores[:, None] + lm_log_p[a, b] + model_log_p[i][None]  # (beams, 95)
+        total = scores[:, None] + lm_log_p[a, b] + model_log_p[i][None] + bonus  # (beams, 95)
         best = np.argsort(-total, axis=None, kind="stable")[:BEAM]
         rows, chars = np.unravel_index(best, total.shape)
         beams = np.concatenate([beams[rows], chars[:, None]], axis=1)
@@ -89,12 +97,15 @@ def name_voices(voices, model_log_p, lm_log_p):
 
 
 def name_figures(voices):
-    """How DX7-like the names of `voices` read: the fraction of distinct names, and the fraction
-    holding a run of three or more letters (real voices: 57-64%)."""
+    """How DX7-like the names of `voices` read: the fraction of distinct names, the fraction
+    holding a run of three or more letters, and the fraction of short names, of at most two
+    characters that are not spaces. Real voices: 97%, 1.0% (the shared collection's 29,811
+    training voices); 99.6%, 0% (Yamaha's 1,024 factory voices)."""
     names = [dx7.voice_name(v) for v in np.asarray(voices)]
     if not names:
-        return dict(names=0, distinct_names=None, letter_run_fraction=None)
+        return dict(names=0, distinct_names=None, letter_run_fraction=None, short_name_fraction=None)
     runs = [any(len(part) >= 3 for part in "".join(c if c.isalpha() else " " for c in name).split())
             for name in names]
     return dict(names=len(names), distinct_names=len(set(names)) / len(names),
-                letter_run_fraction=float(np.mean(runs)))
+                letter_run_fraction=float(np.mean(runs)),
+                short_name_fraction=float(np.mean([len(name.replace(" ", "")) <= 2 for name in names])))

@@ -1,7 +1,7 @@
 """The model shipped in the package: the quick start's `neuraldx7 generate --out cart.syx`."""
 import numpy as np
 
-from neuraldx7_jax import checkpoint, cli, config, dx7, sample, studies
+from neuraldx7_jax import checkpoint, cli, config, dx7, names, sample, studies
 
 
 def test_generate_with_the_bundled_model(tmp_path, capsys):
@@ -36,3 +36,17 @@ def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
     distance = {name: np.median(studies.nearest_distances(dx7.load(tmp_path / f"{name}.syx"), ours))
                 for name in ("like", "default")}
     assert distance["like"] < distance["default"], distance
+
+
+def test_bundled_names_are_words_not_fragments(tmp_path, capsys):
+    """Names as long as real ones: the beam search's most probable names were short ("S", "SY":
+    14% of them had at most two characters, real names 1%) until every letter scored
+    `names.LETTER_BONUS` more."""
+    assert cli.main(["generate", "--out", str(tmp_path / "c.syx"), "--count", "2", "--seed", "5"]) == 0
+    carts = [dx7.load(p) for p in sorted(tmp_path.glob("c_*.syx"))]
+    assert [names.name_figures(c)["distinct_names"] for c in carts] == [1.0, 1.0]
+    voices = np.concatenate(carts)
+    figures = names.name_figures(voices)
+    assert figures["short_name_fraction"] <= 0.05, [dx7.voice_name(v) for v in voices]
+    assert figures["letter_run_fraction"] >= 0.9
+    assert np.mean([len(dx7.voice_name(v).strip()) for v in voices]) >= 5

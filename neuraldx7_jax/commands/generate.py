@@ -233,7 +233,8 @@ def evaluate(a):
     print(f"audible at C4 (estimated)   {report['estimated_audible_fraction']:.2%}")
     n = report["names"]
     print(f"names: distinct per cartridge {n['distinct_names_per_cartridge'] or n['distinct_names']:.1%}, "
-          f"with a run of 3+ letters {n['letter_run_fraction']:.1%}")
+          f"with a run of 3+ letters {n['letter_run_fraction']:.1%}, "
+          f"of at most 2 characters {n['short_name_fraction']:.1%}")
     if "nearest_training_distance_median" in report:
         print(f"nearest training voice: median {report['nearest_training_distance_median']:g} of 145 values apart")
     if "marginal_tv" in report:
