@@ -39,9 +39,9 @@ def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
 
 
 def test_bundled_names_are_words_not_fragments(tmp_path, capsys):
-    """Names as long as real ones: the beam search's most probable names were short ("S", "SY":
-    14% of them had at most two characters, real names 1%) until every letter scored
-    `names.LETTER_BONUS` more."""
+    """Names that are words, not fragments: the beam search's most probable names were short
+    ("S", "SY": a fifth had at most two characters, real names 0-1%) until every character but a
+    space scored `names.LETTER_BONUS` more."""
     assert cli.main(["generate", "--out", str(tmp_path / "c.syx"), "--count", "2", "--seed", "5"]) == 0
     carts = [dx7.load(p) for p in sorted(tmp_path.glob("c_*.syx"))]
     assert [names.name_figures(c)["distinct_names"] for c in carts] == [1.0, 1.0]

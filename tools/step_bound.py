@@ -49,5 +49,6 @@ def main():
               f" {attention / 1e9:15.2f}  {attention / (step_s - free_s) / 1e9:7.1f} |"
               f" {flops / bound_s / ceiling:32.2f}", flush=True)
 
+
 if __name__ == "__main__":
     main()
