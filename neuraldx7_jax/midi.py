@@ -21,6 +21,11 @@ RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) a
 SETTLE_CYCLES = 20  # JACK: this many quiet cycles (0.1 s) after a new voice, it goes out once more
 POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that went away
 INPUT_S = 0.001  # rtmidi: with no MIDI queued, the worker looks again after this long
+# rtmidi (`send`): rtmidi does not say when a connection carries messages or when a message has
+# left, and over JACK one written as the connection is made, or just before the port closes, can
+# be lost on a loaded machine; so `send` waits this long after connecting and after the last one.
+SEND_SETTLE_S = 0.2
+SEND_SETTLE_CYCLES = 8  # JACK (`send`): cycles waited after connecting and after the last message
 
 
 def match_port(pattern, names, role):
@@ -341,7 +346,8 @@ class JackLink:
         try:
             name = match_port(port, _jack_ports(client)[1], "destination")
             outport = client.midi_outports.register("out")
-            pending, written, failed = [], threading.Event(), []
+            pending, cycles, failed = [], [0], []
+            cycled = threading.Condition()
 
             def process(frames):
                 outport.clear_buffer()
@@ -350,20 +356,29 @@ class JackLink:
                         outport.write_midi_event(0, pending.pop())
                     except jack.JackError as e:
                         failed.append(str(e))
-                    written.set()
+                with cycled:
+                    cycles[0] += 1
+                    cycled.notify_all()
+
+            def run_cycles(n):
+                """Waits until `n` more cycles have run and nothing is pending (cycles, not seconds:
+                a loaded server is slow)."""
+                with cycled:
+                    end = cycles[0] + n
+                    if not cycled.wait_for(lambda: cycles[0] >= end and not pending, timeout):
+                        raise Error(f"JACK did not run a cycle in {timeout:g} s")
 
             client.set_process_callback(process)
             client.activate()
             client.connect(outport, name)
+            run_cycles(SEND_SETTLE_CYCLES)  # the connection is in the server's graph
             for i, message in enumerate(messages):
                 time.sleep(gap if i else 0)
-                written.clear()
                 pending.append(bytes(message))
-                if not written.wait(timeout):
-                    raise Error(f"JACK did not run a cycle in {timeout:g} s")
+                run_cycles(1)
                 if failed:
                     raise Error(f"JACK could not send a {len(message)}-byte message ({failed[0]})")
-            time.sleep(2 * client.blocksize / client.samplerate)  # the cycle that delivers it
+            run_cycles(SEND_SETTLE_CYCLES)  # the last one has been delivered
             return name
         finally:
             client.close()
@@ -472,11 +487,13 @@ class RtmidiLink:
     def send_messages(messages, port, api=None, gap=0.1, timeout=None):
         out, name = _rtmidi_open("out", api, "neuraldx7-send", port, "out", "destination")
         try:
+            time.sleep(SEND_SETTLE_S)
             for i, message in enumerate(messages):
                 time.sleep(gap if i else 0)
                 out.send_message(message)
+            time.sleep(SEND_SETTLE_S)
         finally:
-            _rtmidi_close(out)  # waits until the last message is out
+            _rtmidi_close(out)
         return name
 
 
