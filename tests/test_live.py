@@ -633,7 +633,7 @@ def test_ports_and_send_commands(rig, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", ["jack", "rtmidi"])
-def test_send_delivers_each_voice_beside_a_busy_process(rig, tmp_path, backend):
+def test_send_delivers_each_voice_beside_a_busy_process(rig, backend):
     """`send` lost a voice under load (in the suite beside a busy loop): a message written as the
     connection was being made, or just before the port closed, never reached the synth (rtmidi:
     in 2 of 3 runs of 20 sends; JACK: 1 of 7). Each of 12 sends, beside a process that keeps a
