@@ -35,7 +35,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    cfg, f = config.preset(a.config), config.preset(a.config).model.features
+    cfg = config.preset(a.config)
+    f = cfg.model.features
     print("round  ceiling  step: samples/s  of ceiling | attention free: samples/s  of ceiling |"
           " attention: GFLOP  GFLOP/s | at the ceiling's rate: of ceiling")
     for r in range(a.rounds):
