@@ -34,6 +34,11 @@ class ModelConfig:
     # (mixed precision: parameters, softmax, GELU, layer-norm statistics, the latent path and
     # the logits stay float32; slower on a CPU; docs/performance.md has what it was measured at).
     compute_dtype: str = "float32"
+    # What the decoder reads besides z: "independent" (nothing: each value is drawn independently
+    # given z, the original) or "masked" (also the values of a chosen subset of the parameters,
+    # a learned mask embedding standing for the rest; trained with a uniformly random share hidden
+    # per voice, an any-order autoregressive bound, and sampled by unmasking in `decode_passes`).
+    decoder: str = "independent"
 
     def __post_init__(self):
         if self.decoder_layers < 0:
@@ -46,6 +51,8 @@ class ModelConfig:
             raise ValueError(f"position_order must be 'canonical' or 'original', not {self.position_order!r}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', not {self.compute_dtype!r}")
+        if self.decoder not in ("independent", "masked"):
+            raise ValueError(f"decoder must be 'independent' or 'masked', not {self.decoder!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +72,13 @@ class TrainConfig:
     # averages its passes' gradients, so only speed and float rounding depend on it. 0: 4 on a CPU
     # (the pass stays in cache, about 1.5x faster; docs/performance.md), one pass on a GPU or TPU.
     microbatch: int = 0
+    # The masked decoder: the share of voices trained with every value hidden (the voice from z
+    # alone), besides the uniformly random share hidden for the rest; 0 is the any-order bound.
+    hidden_all: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.hidden_all <= 1.0:
+            raise ValueError(f"hidden_all must be within [0, 1], not {self.hidden_all}")
         if self.microbatch < 0:
             raise ValueError(f"microbatch must be >= 0, not {self.microbatch}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -189,14 +189,21 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Starts from ones, applies the positional FiLM once, then a latent FiLM before each layer."""
+    """Starts from ones, applies the positional FiLM once, then a latent FiLM before each layer.
+    The masked decoder starts from 1 + e instead, e the embedding of each visible value or the
+    mask embedding (both start near zero, so it starts as the independent decoder it extends)."""
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, c_BxNxZ):
+    def __call__(self, c_BxNxZ, x_BxN=None, hidden_BxN=None):
         cfg = self.config
         g, b = PositionalFiLM(cfg, name="positional")()
         x = jnp.broadcast_to(g + b, (c_BxNxZ.shape[0], N, cfg.features))  # g * ones + b
+        if cfg.decoder == "masked":
+            values = nn.Embed(V, cfg.features, embedding_init=nn.initializers.normal(0.02),
+                              name="value_embedding")(x_BxN)
+            mask = self.param("mask_embedding", nn.initializers.zeros, (cfg.features,))
+            x = x + g * jnp.where(hidden_BxN[..., None], mask, values)
         for i in range(cfg.decoder_layers or cfg.layers):
             film = FeedForwardGELU(2 * cfg.features, cfg.gelu_approximate, name=f"film_{i}")(c_BxNxZ)
             g_c, b_c = jnp.split(film, 2, axis=-1)
@@ -263,16 +270,23 @@ class VAE(nn.Module):
         zk, log_det = apply_flows(z0, *flow_matrices(params))
         return dict(mu=mu, sigma=sigma, z0=z0, zk=zk, log_det=log_det)
 
-    def raw_logits(self, z_BxZ):
-        """Latent -> (B, N, V) logits before the value mask (what the training loss sees)."""
+    def raw_logits(self, z_BxZ, x_BxN=None, hidden_BxN=None):
+        """Latent -> (B, N, V) logits before the value mask (what the training loss sees). The
+        masked decoder also reads the values `x_BxN` where `hidden_BxN` is False (None: all
+        hidden, the voice from z alone)."""
         c_BxNxZ = self.z_to_c(z_BxZ).reshape(z_BxZ.shape[0], N, self.config.latent)
-        return self.logits(self.decoder(c_BxNxZ).astype(jnp.float32))
+        if self.config.decoder == "masked" and hidden_BxN is None:
+            x_BxN = jnp.zeros((z_BxZ.shape[0], N), jnp.int32)
+            hidden_BxN = jnp.ones((z_BxZ.shape[0], N), bool)
+        return self.logits(self.decoder(c_BxNxZ, x_BxN, hidden_BxN).astype(jnp.float32))
 
-    def decode(self, z_BxZ):
-        """Latent -> (B, N, V) logits with out-of-range values set to -1e9."""
-        return jnp.where(jnp.asarray(dx7.value_mask()), self.raw_logits(z_BxZ), NEG_INF)
+    def decode(self, z_BxZ, x_BxN=None, hidden_BxN=None):
+        """Latent (and, masked decoder, the visible values) -> (B, N, V) logits with out-of-range
+        values set to -1e9."""
+        return jnp.where(jnp.asarray(dx7.value_mask()), self.raw_logits(z_BxZ, x_BxN, hidden_BxN), NEG_INF)
 
-    def __call__(self, x_BxN, eps_BxZ):
-        """Training forward pass: the posterior, its flow, and the unmasked logits of z_K."""
+    def __call__(self, x_BxN, eps_BxZ, hidden_BxN=None):
+        """Training forward pass: the posterior, its flow, and the unmasked logits of z_K (the
+        masked decoder sees the values of `x_BxN` where `hidden_BxN` is False)."""
         post = self.encode(x_BxN, eps_BxZ)
-        return dict(post, logits=self.raw_logits(post["zk"]))
+        return dict(post, logits=self.raw_logits(post["zk"], x_BxN, hidden_BxN))

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax
 import optax
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -33,13 +34,30 @@ def beta(step, temp):
     return (jax.nn.sigmoid(step * temp - 6.0) - x0) / (1.0 - x0)
 
 
-def loss_terms(out, x_BxN, masked_ce=False):
-    """Per-voice CE (mean over the 155 positions), accuracy, and KL / Z, from a forward pass."""
+def random_hidden(key, rows):
+    """(rows, 155) bool: per voice a uniformly random count k in 1..155 of hidden values, at
+    uniformly random places. With CE averaged over the hidden values, the loss is the any-order
+    autoregressive bound: 155 times its expectation bounds -log p(x | z) (the masked decoder)."""
+    count_key, place_key = jax.random.split(key)
+    count = jax.random.randint(count_key, (rows, 1), 1, dx7.N_PARAMS + 1)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(place_key, (rows, dx7.N_PARAMS)), -1), -1)
+    return rank < count
+
+
+def loss_terms(out, x_BxN, masked_ce=False, hidden_BxN=None):
+    """Per-voice CE (mean over the 155 positions, or over the hidden ones), accuracy, and KL / Z,
+    from a forward pass."""
     logits = out["logits"]
     if masked_ce:
         logits = jnp.where(jnp.asarray(dx7.value_mask()), logits, -1e9)
-    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits, x_BxN).mean(-1)
-    acc_B = (logits.argmax(-1) == x_BxN).mean(-1)
+    ce_BxN = optax.softmax_cross_entropy_with_integer_labels(logits, x_BxN)
+    right_BxN = logits.argmax(-1) == x_BxN
+    if hidden_BxN is None:
+        ce_B, acc_B = ce_BxN.mean(-1), right_BxN.mean(-1)
+    else:
+        count_B = hidden_BxN.sum(-1)
+        ce_B = jnp.where(hidden_BxN, ce_BxN, 0.0).sum(-1) / count_B
+        acc_B = (right_BxN & hidden_BxN).sum(-1) / count_B
     z0, zk, mu, sigma = out["z0"], out["zk"], out["mu"], out["sigma"]
     log_q_B = jnp.sum(-0.5 * ((z0 - mu) / sigma) ** 2 - jnp.log(sigma) - 0.5 * LOG_2PI, -1)
     log_p_B = jnp.sum(-0.5 * zk ** 2 - 0.5 * LOG_2PI, -1)
@@ -83,15 +101,27 @@ CPU_MICROBATCH = 4  # voices per forward/backward pass on a CPU when the config 
 
 
 def _grad_fn(cfg):
-    """`(params, x_BxN, eps_BxZ, beta) -> ((loss, means), grads)` of the training loss."""
+    """`(params, x_BxN, eps_BxZ, hidden_BxN, beta) -> ((loss, means), grads)` of the training
+    loss; `hidden_BxN` is None but for the masked decoder."""
     model, t = VAE(cfg.model), cfg.train
 
-    def loss_fn(params, x_BxN, eps, b):
-        terms = loss_terms(model.apply({"params": params}, x_BxN, eps), x_BxN, t.masked_ce)
+    def loss_fn(params, x_BxN, eps, hidden, b):
+        out = model.apply({"params": params}, x_BxN, eps, hidden)
+        terms = loss_terms(out, x_BxN, t.masked_ce, hidden)
         means = jax.tree.map(jnp.mean, terms)
         return means["ce"] + t.max_beta * b * means["kl"], means
 
     return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+def _hidden(cfg, key, rows):
+    """The values the masked decoder does not see in a training step (None for the independent
+    one): `random_hidden`, with every value hidden for a `TrainConfig.hidden_all` share of rows."""
+    if cfg.model.decoder != "masked":
+        return None
+    hidden_key, all_key = jax.random.split(key)
+    all_hidden = jax.random.uniform(all_key, (rows, 1)) < cfg.train.hidden_all
+    return random_hidden(hidden_key, rows) | all_hidden
 
 
 def step_flops(cfg, params, batch):
@@ -99,7 +129,8 @@ def step_flops(cfg, params, batch):
     voices, as XLA counts them (the optimizer's update, a few per parameter, is left out)."""
     x = jax.ShapeDtypeStruct((batch, dx7.N_PARAMS), jnp.int32)
     eps = jax.ShapeDtypeStruct((batch, cfg.model.latent), jnp.float32)
-    return float(jax.jit(_grad_fn(cfg)).lower(params, x, eps, 1.0).cost_analysis()["flops"])
+    hidden = None if cfg.model.decoder != "masked" else jax.ShapeDtypeStruct((batch, dx7.N_PARAMS), bool)
+    return float(jax.jit(_grad_fn(cfg)).lower(params, x, eps, hidden, 1.0).cost_analysis()["flops"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,16 +145,19 @@ def make_train_step(cfg, mesh):
     grad_fn = _grad_fn(cfg)
 
     def train_step(state, x_BxN, key):
-        eps = jax.random.normal(jax.random.fold_in(key, state.step), (x_BxN.shape[0], cfg.model.latent))
+        step_key = jax.random.fold_in(key, state.step)
+        eps = jax.random.normal(step_key, (x_BxN.shape[0], cfg.model.latent))
+        hidden = _hidden(cfg, jax.random.fold_in(step_key, 1), x_BxN.shape[0])
         b = beta(state.step, t.beta_temp)
         xs, epss = sample.split_rows(x_BxN, k), sample.split_rows(eps, k)
+        hiddens = None if hidden is None else sample.split_rows(hidden, k)
 
         def add(total, piece):
             return jax.tree.map(lambda a, o: a + o / k, total, grad_fn(state.params, *piece, b)), None
 
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                             jax.eval_shape(grad_fn, state.params, xs[0], epss[0], b))
-        ((loss, means), grads), _ = jax.lax.scan(add, zeros, (xs, epss))
+        first = (xs[0], epss[0], None if hidden is None else hiddens[0])
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, state.params, *first, b))
+        ((loss, means), grads), _ = jax.lax.scan(add, zeros, (xs, epss, hiddens))
         new_state = state.apply_gradients(grads=grads)
         metrics = dict(means, loss=loss, beta=b, grad_norm=optax.tree.norm(grads),
                        param_norm=optax.tree.norm(state.params))
@@ -142,8 +176,9 @@ def make_eval_step(model_cfg):
     model = VAE(model_cfg)
 
     @jax.jit
-    def eval_step(params, x_BxN, eps_BxZ):
-        sampled = loss_terms(model.apply({"params": params}, x_BxN, eps_BxZ), x_BxN, masked_ce=True)
+    def eval_step(params, x_BxN, eps_BxZ, hidden_key):
+        hidden = None if model_cfg.decoder != "masked" else random_hidden(hidden_key, x_BxN.shape[0])
+        sampled = loss_terms(model.apply({"params": params}, x_BxN, eps_BxZ, hidden), x_BxN, True, hidden)
         mean = loss_terms(model.apply({"params": params}, x_BxN, jnp.zeros_like(eps_BxZ)), x_BxN,
                           masked_ce=True)
         return dict(ce=mean["ce"], accuracy=mean["accuracy"], kl=sampled["kl"],
@@ -153,16 +188,18 @@ def make_eval_step(model_cfg):
 
 
 def evaluate(model_cfg, params, voices, *, seed=0, batch_size=256):
-    """Validation figures over `voices` (n, 155): posterior-mean CE and accuracy, KL per latent
-    dimension, and -ELBO per parameter (nats; one posterior sample per voice)."""
+    """Validation figures over `voices` (n, 155): CE and accuracy of the posterior mean decoded
+    from z alone (every value hidden), KL per latent dimension, and -ELBO per parameter (nats; one
+    posterior sample per voice, and for the masked decoder one random hidden set: the any-order
+    bound)."""
     eval_step = make_eval_step(model_cfg)
-    key = jax.random.key(seed)
+    key, hidden_key = jax.random.key(seed), jax.random.fold_in(jax.random.key(seed), 1 << 30)
     sums, n = {}, len(voices)
     for i in range(0, n, batch_size):
         x = np.asarray(voices[i:i + batch_size], np.int32)
         pad = batch_size - len(x)  # fixed shapes: one compilation
         eps = jax.random.normal(jax.random.fold_in(key, i), (batch_size, model_cfg.latent))
-        terms = eval_step(params, np.pad(x, ((0, pad), (0, 0))), eps)
+        terms = eval_step(params, np.pad(x, ((0, pad), (0, 0))), eps, jax.random.fold_in(hidden_key, i))
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(np.asarray(v)[:len(x)].sum())
     return {k: v / n for k, v in sums.items()}
@@ -310,13 +347,19 @@ def _init_from(state, cfg, path):
     """`state` with the parameters of the trained model at `path` ("bundled": the bundled model)."""
     trained = checkpoint.load(path)
     saved_cfg, params = trained.config, trained.params
-    if saved_cfg.model != cfg.model:
+    if dataclasses.replace(saved_cfg.model, decoder=cfg.model.decoder) != cfg.model:
         ours, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(saved_cfg.model)
         diff = "; ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if ours[k] != theirs[k])
         raise Error(f"{path}: its model config differs from this run's ({diff}); give the --config "
                     "and --set model.* options it was trained with")
-    params = jax.tree.map(lambda ours, theirs: jnp.asarray(theirs, ours.dtype), state.params, params)
-    return state.replace(params=params)
+    # An independent decoder's parameters are all a masked decoder's but its value and mask
+    # embeddings, which keep their initial values (the masked decoder starts as the other).
+    flat = flax.traverse_util.flatten_dict(params)
+    if cfg.model.decoder != "masked":
+        flat = {k: v for k, v in flat.items() if not {"value_embedding", "mask_embedding"} & set(k)}
+    ours = flax.traverse_util.flatten_dict(state.params)
+    merged = {k: jnp.asarray(flat.get(k, v), v.dtype) for k, v in ours.items()}
+    return state.replace(params=flax.traverse_util.unflatten_dict(merged))
 
 
 def _metrics_log(path, start):
