@@ -8,6 +8,13 @@ import dataclasses
 # most likely values (most voices then share a few algorithms): MODEL_CARD.md has both's figures.
 # Decoding a given latent (live control, interpolate, variations) stays argmax.
 NEW_VOICE_TEMPERATURE = 1.0
+# Passes of the masked decoder (`ModelConfig.decoder`) to draw or decode a voice: each fixes a
+# share of the values still hidden (sample.unmask). The independent decoder takes one.
+DECODE_PASSES = 8
+# Live control's passes (and `bench`'s decode1): a voice within a JACK period. One is the voice
+# from z alone, as the independent decoder's; each more fixes the most confident values first and
+# decodes the rest again given them (MODEL_CARD.md has the latency of each).
+LIVE_PASSES = 2
 # Live control's CCs and the page's sliders sweep mean -/+ LATENT_SPAN std of each latent dimension.
 LATENT_SPAN = 3.0
 

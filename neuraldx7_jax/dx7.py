@@ -70,6 +70,15 @@ assert len(PARAMS) == N_PARAMS
 MAX = np.array([p.max for p in PARAMS], np.uint8)  # (155,) inclusive maxima
 NAME = slice(145, 155)  # the 10 name characters
 NON_NAME = slice(0, 145)
+# Groups of parameters by name, as `mutate --keep` names them (op1 is OP1, stored last).
+GROUPS = {
+    **{f"op{op}": tuple(f"OP{op} {name}" for name in (
+        "R1", "R2", "R3", "R4", "L1", "L2", "L3", "L4", "BP", "LD", "RD", "LC", "RC", "RS", "AMS", "KVS",
+        "OL", "MODE", "FC", "FF", "DET")) for op in range(1, 7)},
+    "algorithm": ("ALG",), "feedback": ("FB",), "lfo": ("LFS", "LFD", "LPMD", "LAMD", "LKS", "LFW", "LPMS"),
+    "pitch-eg": ("PR1", "PR2", "PR3", "PR4", "PL1", "PL2", "PL3", "PL4"),
+    "name": tuple(f"NAME{i}" for i in range(1, 11)),
+}
 ALG = next(p.index for p in PARAMS if p.name == "ALG")  # 134: the algorithm, 0..31 (shown 1-32)
 
 
@@ -560,3 +569,14 @@ def save_cartridge(path, voices, channel=0):
 def save_single_voice(path, voice, channel=0):
     """Writes one voice as a 163-byte single-voice dump."""
     write_atomic(path, single_voice_message(voice, channel))
+
+
+def group_mask(groups):
+    """(155,) bool: the parameters of the named `GROUPS`."""
+    index = {p.name: p.index for p in PARAMS}
+    mask = np.zeros(N_PARAMS, bool)
+    for group in groups:
+        if group not in GROUPS:
+            raise Error(f"unknown group {group!r}; choose among {', '.join(GROUPS)}")
+        mask[[index[name] for name in GROUPS[group]]] = True
+    return mask

@@ -203,7 +203,7 @@ class Decoder(nn.Module):
             values = nn.Embed(V, cfg.features, embedding_init=nn.initializers.normal(0.02),
                               name="value_embedding")(x_BxN)
             mask = self.param("mask_embedding", nn.initializers.zeros, (cfg.features,))
-            x = x + g * jnp.where(hidden_BxN[..., None], mask, values)
+            x = x + g[None] * jnp.where(hidden_BxN[..., None], mask[None, None], values)
         for i in range(cfg.decoder_layers or cfg.layers):
             film = FeedForwardGELU(2 * cfg.features, cfg.gelu_approximate, name=f"film_{i}")(c_BxNxZ)
             g_c, b_c = jnp.split(film, 2, axis=-1)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import neuraldx7_jax
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data, dx7, names
-from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
+from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
@@ -89,15 +89,55 @@ def prior_of(model, prior=None):
     return Prior(mean.astype(np.float32), chol.astype(np.float32), "fitted")
 
 
-def decode_logits(model_cfg, params, z_BxZ):
-    """Latent -> (B, N, V) logits with out-of-range values masked."""
+def decode_logits(model_cfg, params, z_BxZ, x_BxN=None, hidden_BxN=None):
+    """Latent (and, masked decoder, the values of `x_BxN` where `hidden_BxN` is False; None: z
+    alone) -> (B, N, V) logits with out-of-range values masked."""
     vae = VAE(model_cfg)
-    return vae.apply({"params": params}, z_BxZ, method=vae.decode)
+    return vae.apply({"params": params}, z_BxZ, x_BxN, hidden_BxN, method=vae.decode)
 
 
-def make_decoder(model_cfg):
-    """Jitted `(params, z) -> voices (B, 155) uint8`, argmax: what live control calls."""
-    return jax.jit(lambda params, z: jnp.argmax(decode_logits(model_cfg, params, z), -1).astype(jnp.uint8))
+def unmask(model_cfg, params, z_BxZ, x_BxN, hidden_BxN, u_BxN, order_BxN, temperature, passes):
+    """The masked decoder's voices: the hidden values of `x_BxN` drawn in `passes` passes of the
+    decoder, each pass fixing a share of those still hidden that grows on a cosine schedule
+    (MaskGIT's: few at first, while little is known), every value drawn given z and the values
+    fixed before its pass. At a temperature (`u_BxN` uniforms, `_pick`) they are fixed in a random
+    order (`order_BxN`: one pass per value would be an exact any-order draw); by argmax (`u_BxN`
+    None), most confident first, so a latent decodes to one voice."""
+    hidden0 = hidden_BxN
+    total = hidden0.sum(-1, keepdims=True)
+    rank = jnp.argsort(jnp.argsort(jnp.where(hidden0, order_BxN, 2.0), -1), -1)  # hidden first
+
+    def one_pass(p, carry):
+        x, hidden = carry
+        logits = decode_logits(model_cfg, params, z_BxZ, x, hidden)
+        values = _pick(logits, u_BxN, temperature).astype(x.dtype)
+        done = total - jnp.ceil(total * jnp.cos(0.5 * jnp.pi * (p + 1) / passes)).astype(total.dtype)
+        if u_BxN is None:  # the most confident hidden values first
+            score = jnp.where(hidden, jax.nn.log_softmax(logits, -1).max(-1), -jnp.inf)
+            order = jnp.argsort(jnp.argsort(-score, -1), -1)
+            fix = hidden & (order < done - (total - hidden.sum(-1, keepdims=True)))
+        else:
+            fix = hidden & (rank < done)
+        return jnp.where(fix, values, x), hidden & ~fix
+
+    x, _ = jax.lax.fori_loop(0, passes, one_pass, (x_BxN, hidden0))
+    return x.astype(jnp.uint8)
+
+
+def make_decoder(model_cfg, passes=LIVE_PASSES):
+    """Jitted `(params, z) -> voices (B, 155) uint8` by argmax (the masked decoder in `passes`
+    passes): what live control calls."""
+    return jax.jit(lambda params, z: _voices(model_cfg, params, z, None, None, 0.0, passes))
+
+
+def _voices(model_cfg, params, z_BxZ, u_BxN, order_BxN, temperature, passes):
+    """Latents -> voices (B, 155) uint8: argmax when `u_BxN` is None, else drawn at `temperature`."""
+    if model_cfg.decoder != "masked":
+        return _pick(decode_logits(model_cfg, params, z_BxZ), u_BxN, temperature)
+    x = jnp.zeros((z_BxZ.shape[0], dx7.N_PARAMS), jnp.int32)
+    hidden = jnp.ones(x.shape, bool)
+    order = jnp.zeros(x.shape) if order_BxN is None else order_BxN
+    return unmask(model_cfg, params, z_BxZ, x, hidden, u_BxN, order, temperature, passes)
 
 
 # From this width up, a model's matmuls already keep every core of a CPU busy, and one device
@@ -186,15 +226,19 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
     """Latents -> voices, decoded `piece_rows` rows per device at a time on a CPU (`lax.map`: a
     piece's working set stays in cache, about 1.8x faster than whole 1,024-row calls), all at once
     elsewhere."""
-    u_BxN = None
+    u_BxN = order_BxN = None
     if not greedy:
         u_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
                              lambda k: jax.random.uniform(k, (BLOCK, dx7.N_PARAMS)))
         u_BxN = jax.lax.with_sharding_constraint(u_BxN, _shardings()[0])
+        if model_cfg.decoder == "masked":
+            order_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
+                                     lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (BLOCK, dx7.N_PARAMS)))
+            order_BxN = jax.lax.with_sharding_constraint(order_BxN, _shardings()[0])
     per_device = z_BxZ.shape[0] // jax.device_count()
     k = pieces(per_device, piece_rows(model_cfg) if jax.default_backend() == "cpu" else per_device)
-    parts = (split_rows(z_BxZ, k), None if greedy else split_rows(u_BxN, k))
-    voices = jax.lax.map(lambda zu: _pick(decode_logits(model_cfg, params, zu[0]), zu[1], temperature), parts)
+    parts = tuple(None if a is None else split_rows(a, k) for a in (z_BxZ, u_BxN, order_BxN))
+    voices = jax.lax.map(lambda p: _voices(model_cfg, params, *p, temperature, DECODE_PASSES), parts)
     return join_rows(voices)
 
 
@@ -522,3 +566,100 @@ def write_variations(checkpoint, a, out, *, count=32, spread=1.0, seed=0, redraw
     voices = variations(model, data.load_voice(a), count=count, spread=spread, seed=seed, redraw=redraw)
     data.save_voices(out, voices)
     return data.clean_names(voices)
+
+
+@functools.lru_cache(maxsize=None)
+def _mutate_fn(model_cfg, rows):
+    """Jitted `(params, x, z, mutable, share, key, first_block) -> voices`: each row's mutable
+    values hidden with probability `share` (at least one), then drawn at temperature 1 given z and
+    the rest (the masked decoder, `unmask`; the independent decoder draws them from z alone)."""
+    def fn(params, x_BxN, z_BxZ, mutable_BxN, share_B, key, first_block):
+        noise = _block_noise(key, first_block, rows // BLOCK, lambda k: jax.random.uniform(k, (BLOCK, 3, dx7.N_PARAMS)))
+        h, u, order = noise[:, 0], noise[:, 1], noise[:, 2]
+        h = jnp.where(mutable_BxN, h, 2.0)
+        hidden = (h < share_B[:, None]) | (h <= h.min(-1, keepdims=True))
+        x = x_BxN.astype(jnp.int32)
+        if model_cfg.decoder != "masked":
+            return jnp.where(hidden, _pick(decode_logits(model_cfg, params, z_BxZ), u, 1.0), x).astype(jnp.uint8)
+        return unmask(model_cfg, params, z_BxZ, x, hidden, u, order, 1.0, DECODE_PASSES)
+    return jax.jit(fn)
+
+
+MUTATION_ROWS = 64  # mutants drawn per call (a multiple of BLOCK)
+MUTATION_DRAWS = 16  # draws per wanted mutant before `mutate` gives up on distinct ones
+
+
+def mutate(model, voices, *, amount=0.3, keep=(), count=32, seed=0):
+    """`count` mutants of each of `voices` (n, 155): about `amount` of each voice's 145 non-name
+    values redrawn given the others and the voice's latent (posterior mean, flowed); the values of
+    the `keep` groups (`dx7.GROUPS`) and the name never. The share redrawn is set per voice (from a
+    first draw) so that on average the share that changes is `amount`: a redrawn value may come
+    out as it was. Each voice's mutants differ from it and from each other on the 145 values
+    (further draws replace repeats, at most MUTATION_DRAWS per mutant). Returns (mutants
+    (n, count, 155), the share of non-name values each changed (n, count))."""
+    if not 0.0 < amount <= 1.0:
+        raise Error(f"the amount must be in (0, 1], got {amount}")
+    voices = dx7.check_voices(voices)
+    mutable = ~dx7.group_mask((*keep, "name"))
+    if not mutable.any():
+        raise Error("--keep holds every group: nothing is left to mutate")
+    z = encode(model, voices)["zk"]
+    fn, params, key = _mutate_fn(model.config.model, MUTATION_ROWS), _replicated(model.params), _key_streams(seed)
+    calls = 1 + -(-MUTATION_DRAWS * count // MUTATION_ROWS)  # per voice, the first calibrates
+
+    def draw(i, share, call):
+        rows = (voices[i], z[i], mutable, np.float32(share))
+        args = (jax.device_put(np.repeat(np.asarray(a)[None], MUTATION_ROWS, axis=0), _shardings()[0]) for a in rows)
+        return np.asarray(fn(params, *args, key["value"], (i * calls + call) * (MUTATION_ROWS // BLOCK)))
+
+    def changed(mutants, i):
+        return (mutants[:, dx7.NON_NAME] != voices[i, dx7.NON_NAME]).mean(-1)
+
+    all_mutants, all_changed = [], []
+    for i in range(len(voices)):
+        share = min(1.0, amount * dx7.NON_NAME.stop / mutable[dx7.NON_NAME].sum())
+        share = min(1.0, share * amount / max(changed(draw(i, share, 0), i).mean(), 1e-3))
+        seen, kept = {voices[i, dx7.NON_NAME].tobytes()}, []
+        for call in range(1, calls):
+            for v in draw(i, share, call):
+                if len(kept) < count and v[dx7.NON_NAME].tobytes() not in seen:
+                    seen.add(v[dx7.NON_NAME].tobytes())
+                    kept.append(v)
+            if len(kept) == count:
+                break
+        else:
+            raise Error(f"voice {i + 1}: only {len(kept)} distinct mutants in {MUTATION_DRAWS * count} draws; "
+                        "raise --amount or keep fewer groups")
+        mutants = np.stack(kept)
+        mutants[:, dx7.NAME] = voices[i, dx7.NAME]
+        all_mutants.append(mutants)
+        all_changed.append(changed(mutants, i))
+    return np.stack(all_mutants), np.stack(all_changed)
+
+
+def write_mutants(checkpoint, source, out, *, amount=0.3, keep=(), count=1, seed=0):
+    """What `neuraldx7 mutate` does. `source` FILE:INDEX (or DATASET.npz:SPLIT:INDEX): `count`
+    cartridges of 32 mutants of that voice; a DX7 file: `count` cartridges, cartridge c holding
+    mutant c of every voice of the file (its first 32). Written to `data.cartridge_paths(out,
+    count)`. Returns [(path, voices, share changed per voice)]."""
+    if count < 1:
+        raise Error(f"the cartridge count must be positive, got {count}")
+    paths = data.cartridge_paths(out, count)
+    dx7.check_writable(*paths)
+    _, sep, tail = source.rpartition(":")
+    one = bool(sep) and tail.strip().isdigit()
+    voices = data.load_voice(source)[None] if one else data.load_voices(source)[:32]
+    if not len(voices):
+        raise Error(f"{source}: no voices to mutate")
+    model = checkpoint_lib.load(checkpoint)
+    mutants, changed = mutate(model, data.clean_names(voices), amount=amount, keep=keep,
+                              count=32 * count if one else count, seed=seed)
+    if one:
+        carts = zip(mutants[0].reshape(count, 32, -1), changed[0].reshape(count, 32))
+    else:
+        carts = zip(np.swapaxes(mutants, 0, 1), changed.T)
+    written = []
+    for path, (cart, share) in zip(paths, carts):
+        data.save_voices(path, cart)
+        written.append((path, cart, share))
+    return written

@@ -352,14 +352,17 @@ def _init_from(state, cfg, path):
         diff = "; ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if ours[k] != theirs[k])
         raise Error(f"{path}: its model config differs from this run's ({diff}); give the --config "
                     "and --set model.* options it was trained with")
-    # An independent decoder's parameters are all a masked decoder's but its value and mask
-    # embeddings, which keep their initial values (the masked decoder starts as the other).
-    flat = flax.traverse_util.flatten_dict(params)
-    if cfg.model.decoder != "masked":
-        flat = {k: v for k, v in flat.items() if not {"value_embedding", "mask_embedding"} & set(k)}
-    ours = flax.traverse_util.flatten_dict(state.params)
-    merged = {k: jnp.asarray(flat.get(k, v), v.dtype) for k, v in ours.items()}
-    return state.replace(params=flax.traverse_util.unflatten_dict(merged))
+    return state.replace(params=merge_params(state.params, params))
+
+
+def merge_params(ours, theirs):
+    """`ours` with every parameter that `theirs` also has taken from `theirs`. An independent
+    decoder's parameters are all of a masked decoder's but its value and mask embeddings, which
+    keep their initial values: the masked decoder starts as the independent one (every value
+    hidden, it computes what that computes) and learns to read values from there."""
+    flat = flax.traverse_util.flatten_dict(theirs)
+    merged = {k: jnp.asarray(flat.get(k, v), v.dtype) for k, v in flax.traverse_util.flatten_dict(ours).items()}
+    return flax.traverse_util.unflatten_dict(merged)
 
 
 def _metrics_log(path, start):

@@ -42,12 +42,13 @@ def random_voices(n, seed=0):
     return np.random.default_rng(seed).integers(0, dx7.MAX.astype(int) + 1, (n, dx7.N_PARAMS)).astype(np.uint8)
 
 
-def make_random_model():
-    """The tiny test model with random parameters (shapes from eval_shape: no compilation), no meta."""
+def make_random_model(decoder="independent"):
+    """The tiny test model (with `decoder`) with random parameters (shapes from eval_shape: no
+    compilation), no meta."""
     from neuraldx7_jax import checkpoint, config
     from neuraldx7_jax.model import VAE
 
-    cfg = config.test()
+    cfg = config.override(config.test(), [f"model.decoder={decoder}"])
     shapes = jax.eval_shape(VAE(cfg.model).init, jax.random.key(0), jnp.zeros((1, dx7.N_PARAMS), jnp.int32),
                             jnp.zeros((1, cfg.model.latent)))["params"]
     rng = np.random.default_rng(0)
@@ -59,6 +60,12 @@ def make_random_model():
 def random_model():
     """`make_random_model()`, one per session."""
     return make_random_model()
+
+
+@pytest.fixture(scope="session")
+def random_masked_model():
+    """`make_random_model("masked")`, one per session."""
+    return make_random_model("masked")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Model commands: generate, interpolate, variations, features, duplicates, evaluate.
+"""Model commands: generate, interpolate, variations, mutate, features, duplicates, evaluate.
 
 Each parses its options (the tables here, shared with `experiments/dx7_vae/*.py`), makes one
 library call and prints; the library is imported only when a command runs.
@@ -107,6 +107,37 @@ def variations(a):
     distinct = data.count_distinct(voices)
     hint = "" if distinct == len(voices) or a.redraw else "; --redraw replaces duplicates by new draws"
     print(f"{distinct} of {len(voices)} voices are distinct{hint}")
+
+
+MUTATE = (
+    Option("source", positional=True, metavar="SOURCE", help="FILE:INDEX (a cartridge of 32 mutants of that "
+           "voice) or a DX7 file (each of its voices mutated once per cartridge)"),
+    Option("out", required=True, help="the .syx file to write"),
+    Option("amount", float, 0.3, "the share of the 145 non-name values that changes, on average, 0 to 1 "
+           "(default: 0.3)"),
+    Option("keep", many=True, metavar="GROUP", choices=tuple(dx7.GROUPS),
+           help="groups that must not change: " + ", ".join(dx7.GROUPS) + " (op1 is OP1 as the DX7 numbers "
+           "operators; names are always kept)"),
+    Option("count", int, 1, "number of cartridges (default: 1)"),
+    SEED, CHECKPOINT,
+)
+
+
+@subcommand("mutate", "Write mutants of voices you like: a share of their values redrawn.", (
+    "Redraw about AMOUNT of a voice's 145 non-name values given all the others and the voice's "
+    "latent, so that what changes goes with what stays (the masked decoder; with a model of the "
+    "original's independent decoder the redrawn values depend on the latent alone). The values of "
+    "the --keep groups and the name never change. Every mutant is valid, differs from its source, "
+    "and no two in a cartridge are equal. With --count C > 1 the files are numbered: "
+    "OUT_001.syx, OUT_002.syx, ..."), MUTATE)
+def mutate(a):
+    from neuraldx7_jax import sample
+
+    for path, voices, changed in sample.write_mutants(a.checkpoint, a.source, a.out, amount=a.amount,
+                                                      keep=tuple(a.keep or ()), count=a.count, seed=a.seed):
+        print(f"wrote {path}: {len(voices)} mutants; values changed: {100 * changed.mean():.0f}% on average "
+              f"({100 * changed.min():.0f}-{100 * changed.max():.0f}%)")
+        print(dx7.voice_table(voices))
 
 
 FEATURES = (
