@@ -190,8 +190,9 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """Starts from ones, applies the positional FiLM once, then a latent FiLM before each layer.
-    The masked decoder starts from 1 + e instead, e the embedding of each visible value or the
-    mask embedding (both start near zero, so it starts as the independent decoder it extends)."""
+    The masked decoder starts from 1 + e instead, e the embedding of each visible value (as large
+    as the encoder's at first) or the mask embedding (zero at first: with every value hidden it
+    starts as the independent decoder it extends)."""
     config: ModelConfig
 
     @nn.compact
@@ -200,7 +201,7 @@ class Decoder(nn.Module):
         g, b = PositionalFiLM(cfg, name="positional")()
         x = jnp.broadcast_to(g + b, (c_BxNxZ.shape[0], N, cfg.features))  # g * ones + b
         if cfg.decoder == "masked":
-            values = nn.Embed(V, cfg.features, embedding_init=nn.initializers.normal(0.02),
+            values = nn.Embed(V, cfg.features, embedding_init=nn.initializers.normal(1.0),
                               name="value_embedding")(x_BxN)
             mask = self.param("mask_embedding", nn.initializers.zeros, (cfg.features,))
             x = x + g[None] * jnp.where(hidden_BxN[..., None], mask[None, None], values)

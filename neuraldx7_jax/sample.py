@@ -435,8 +435,12 @@ class Cartridge(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _name_log_p_fn(model_cfg):
-    """Jitted `(params, z) -> (B, 10, 128)` log probabilities of the name values at latent z."""
-    return jax.jit(lambda params, z: jax.nn.log_softmax(decode_logits(model_cfg, params, z)[:, dx7.NAME], -1))
+    """Jitted `(params, z, voices) -> (B, 10, 128)` log probabilities of the name values at latent
+    z (the masked decoder's given the voices' other values)."""
+    def fn(params, z, voices):
+        hidden = jnp.zeros(voices.shape, bool).at[:, dx7.NAME].set(True)
+        return jax.nn.log_softmax(decode_logits(model_cfg, params, z, voices, hidden)[:, dx7.NAME], -1)
+    return jax.jit(fn)
 
 
 def name_voices(model, z, voices):
@@ -444,7 +448,8 @@ def name_voices(model, z, voices):
     unchanged (printable names) when the model holds no name statistics."""
     if model.training is None or "name_trigrams" not in model.training:
         return data.clean_names(voices)
-    log_p = np.asarray(_name_log_p_fn(model.config.model)(model.params, jnp.asarray(z, jnp.float32)))
+    log_p = np.asarray(_name_log_p_fn(model.config.model)(model.params, jnp.asarray(z, jnp.float32),
+                                                          jnp.asarray(voices, jnp.int32)))
     return names.name_voices(voices, log_p, names.log_probabilities(model.training["name_trigrams"]))
 
 
