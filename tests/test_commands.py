@@ -173,6 +173,23 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
                                          reference_voices=32)
 
 
+def test_evaluate_realism(trained, shared_data, sklearn, capsys, monkeypatch):
+    work, _ = trained
+    rom = shared_data / "factory"
+    args = ("evaluate", rom / "rom1a.syx", rom / "rom1b.syx", "--reference", rom / "rom2a.syx", "--checkpoint", work)
+    code, out, _ = run(capsys, *args, "--json")
+    c2st = json.loads(out)["c2st"]
+    assert code == 0 and c2st["voices"] == 32 and 0 <= c2st["accuracy"] <= 1  # 64 voices subsampled to 32
+    assert c2st == studies.c2st(np.concatenate([dx7.load(rom / "rom1a.syx"), dx7.load(rom / "rom1b.syx")]),
+                                dx7.load(rom / "rom2a.syx"), seed=0)
+    code, out, _ = run(capsys, *args, "--seed", 3)
+    assert code == 0 and "C2ST vs" in out and "(32 voices a side" in out
+    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the realism extra were not installed
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "needs scikit-learn" in out and "marginal TV" in out and not err
+
+
 def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     rom = shared_data / "factory" / "rom1a.syx"

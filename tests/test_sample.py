@@ -266,6 +266,29 @@ def test_marginal_baseline():
     assert figures["ce_per_param"] == pytest.approx(expected_ce)
 
 
+def test_c2st_tells_histogram_voices_from_real_ones_but_not_real_from_real(shared_data, sklearn):
+    factory = np.concatenate([dx7.load(f) for f in sorted((shared_data / "factory").glob("*.syx"))])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(factory))
+    half, other = factory[order[:512]], factory[order[512:]]
+    same = studies.c2st(half, other, seed=1)
+    assert 0.4 < same["accuracy"] < 0.6 and same["voices"] == 512 and len(same["folds"]) == 5
+    assert studies.c2st(half, other, seed=1) == same  # a seed gives the same figure
+    # Each value redrawn from its parameter's histogram over the factory voices: right marginals, no joint.
+    counts = data.value_counts(factory)
+    redrawn = np.stack([rng.choice(dx7.N_VALUES, 256, p=c / c.sum()) for c in counts], 1).astype(np.uint8)
+    assert studies.marginal_tv(redrawn, half)[dx7.NON_NAME].mean() < 0.15  # the marginal figure barely sees it
+    different = studies.c2st(redrawn, other, seed=1)
+    assert different["accuracy"] > 0.8 and different["voices"] == 256  # the larger set is subsampled
+
+
+def test_c2st_without_scikit_learn_says_what_it_needs(monkeypatch):
+    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the realism extra were not installed
+    with pytest.raises(Error, match=r"needs scikit-learn: pip install 'neuraldx7-jax\[realism\]'"):
+        studies.c2st(random_voices(8), random_voices(8, seed=1))
+
+
 def test_load_voice_specs(tmp_path, voices):
     dx7.save_cartridge(tmp_path / "c.syx", voices[:32])
     np.testing.assert_array_equal(data.load_voice(f"{tmp_path / 'c.syx'}:2"), voices[1])

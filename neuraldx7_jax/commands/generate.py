@@ -193,7 +193,7 @@ EVALUATE = (
            "model, else the checkpoint's dataset)"),
     Option("reference", metavar="SPEC", help="voices to compare the value distributions with, e.g. "
            "data.npz:validation"),
-    JSON, AUDIO, CHECKPOINT,
+    JSON, AUDIO, SEED, CHECKPOINT,
 )
 
 
@@ -207,12 +207,15 @@ EVALUATE = (
     "loudness, checked against Dexed), how the names read (distinct per 32-voice cartridge; with "
     "a run of three letters or more) and, with --reference, how far the voices' value "
     "distributions are from another set's (mean marginal total-variation distance over the 145 "
-    "non-name parameters, and the algorithm's). Several FILEs are taken as one set: "
+    "non-name parameters, and the algorithm's) and how real they look beside it: the C2ST, the "
+    "5-fold cross-validated accuracy of a gradient-boosted classifier (scikit-learn, the realism "
+    "extra) telling the voices from as many reference voices by their 145 non-name values (0.5: "
+    "indistinguishable; the larger set is subsampled by --seed). Several FILEs are taken as one set: "
     "`neuraldx7 evaluate carts/*.syx --reference data.npz:validation`."), EVALUATE)
 def evaluate(a):
     from neuraldx7_jax import studies
 
-    report = studies.evaluate(a.checkpoint, a.file, data=a.data, reference=a.reference, audio=a.audio)
+    report = studies.evaluate(a.checkpoint, a.file, data=a.data, reference=a.reference, audio=a.audio, seed=a.seed)
     if a.json:
         print(json.dumps(report))
         return
@@ -241,4 +244,8 @@ def evaluate(a):
         tv = report["marginal_tv"]
         print(f"marginal TV vs {a.reference} ({tv['reference_voices']} voices): mean {tv['mean']:.3f}, "
               f"algorithm {tv['algorithm']:.3f}")
+    if "c2st" in report:
+        c = report["c2st"]
+        print(f"note: {c['note']}" if c["accuracy"] is None else
+              f"C2ST vs {a.reference}: {c['accuracy']:.3f} ({c['voices']} voices a side; 0.5: indistinguishable)")
     _print_audibility(report)
