@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, sample
+from neuraldx7_jax import dx7, priors, sample
 from neuraldx7_jax import data as data_lib
 from neuraldx7_jax.errors import Error
 
@@ -43,10 +43,10 @@ def write(checkpoint=None, data=None, *, out=None, batch=None):
         buffer = io.BytesIO()
         np.savez(buffer, voices=voices, **feats)
         dx7.write_atomic(out, buffer.getvalue())
-    prior = sample.fit_training_prior(model, training)
+    prior = priors.fit_training_prior(model, training)
     cov = prior.chol.astype(np.float64) @ prior.chol.T.astype(np.float64)
     summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,
                    count=len(voices), prior=dict(mean=prior.mean.tolist(), cov=cov.tolist(),
-                                                 voices=len(training), draws=sample.PRIOR_DRAWS))
+                                                 voices=len(training), draws=priors.PRIOR_DRAWS))
     checkpoint_lib.write_features(model, summary, data_lib.training_facts(training))
     return summary

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data as data_lib
-from neuraldx7_jax import dx7, names, sample, train
+from neuraldx7_jax import dx7, names, priors, sample, train
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
@@ -164,7 +164,7 @@ def duplicates_study(model, samples, *, batch=None, temperature=NEW_VOICE_TEMPER
     if samples < 1:
         raise Error(f"the sample count must be positive, got {samples}")
     batch = sample.default_batch() if batch is None else batch
-    prior = sample.prior_of(model, prior)
+    prior = priors.prior_of(model, prior)
     t0 = time.perf_counter()
     draw = dict(temperature=temperature, seed=seed, batch=batch, prior=prior)
     next(sample.sample_prior_chunks(model, min(samples, batch), **draw))  # compiles

@@ -1,7 +1,7 @@
 """The model shipped in the package: the quick start's `neuraldx7 generate --out cart.syx`."""
 import numpy as np
 
-from neuraldx7_jax import checkpoint, cli, config, dx7, names, sample, studies
+from neuraldx7_jax import checkpoint, cli, config, dx7, names, priors, sample, studies
 
 
 def test_generate_with_the_bundled_model(tmp_path, capsys):
@@ -20,7 +20,7 @@ def test_bundled_model_is_the_bundled_preset_with_a_features_summary():
 
 def test_bundled_model_ships_its_prior_and_training_facts_and_no_machine_path():
     model = checkpoint.load()
-    assert sample.prior_of(model).name == "fitted"
+    assert priors.prior_of(model).name == "fitted"
     assert model.training["value_counts"].sum() == dx7.N_PARAMS * int(model.training["count"])
     assert "/" not in (model.meta.dataset.path or "") and "/" not in model.features["dataset"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
+from neuraldx7_jax import checkpoint, config, data, dx7, priors, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
 from neuraldx7_jax.commands import train as train_command
@@ -119,7 +119,7 @@ def test_features(trained, tmp_path, capsys):
     model = checkpoint.load(work / "checkpoints")
     assert model.features == summary
     latent = config.test().model.latent
-    prior = sample.prior_of(model)
+    prior = priors.prior_of(model)
     assert prior.name == "fitted" and prior.mean.shape == (latent,) and prior.chol.shape == (latent, latent)
     train_voices = data.load_dataset(dataset)["train"]
     np.testing.assert_array_equal(model.training["value_counts"], data.value_counts(train_voices))
@@ -201,7 +201,7 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
     assert code == 0 and "standard prior" in out
     model = checkpoint.load(work)  # without --temperature: 1, values sampled
-    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior=sample.like_prior(model, np.asarray(brass), seed=0)))
+    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior=priors.like_prior(model, np.asarray(brass), seed=0)))
     np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
     standard = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior="standard"))
     np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)
@@ -261,7 +261,7 @@ def test_a_launcher_reads_what_the_command_reads(name):
 
 
 def test_the_option_tables_name_the_libraries_constants():
-    assert options.PRIORS == sample.PRIORS and options.REDRAW_FACTOR == sample.REDRAW_FACTOR
+    assert options.PRIORS == priors.PRIORS and options.REDRAW_FACTOR == sample.REDRAW_FACTOR
 
 
 def test_a_launcher_runs_the_command(trained):

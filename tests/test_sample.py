@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_random_model, random_voices  # noqa: F401  (the subprocess below uses the first)
-from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
+from neuraldx7_jax import checkpoint, config, data, dx7, priors, sample, studies
 from neuraldx7_jax.errors import Error
 
 HERE = Path(__file__).resolve().parent
@@ -162,19 +162,19 @@ def test_the_fitted_prior_moves_and_shapes_the_same_noise(model):
     np.testing.assert_array_equal(standard, eps)
     assert studies.duplicates_study(fitted, 64, progress=False)["prior"] == "fitted"
     with pytest.raises(Error, match="no fitted prior"):
-        sample.prior_of(model, "fitted")
+        priors.prior_of(model, "fitted")
 
 
 def test_fit_prior_recovers_a_gaussian_and_floors_one_point():
     rng = np.random.default_rng(0)
     chol = np.array([[1.0, 0.0], [0.8, 0.5]])
-    prior = sample.fit_prior(np.array([3.0, -1.0]) + rng.standard_normal((20000, 2)) @ chol.T)
+    prior = priors.fit_prior(np.array([3.0, -1.0]) + rng.standard_normal((20000, 2)) @ chol.T)
     np.testing.assert_allclose(prior.mean, [3.0, -1.0], atol=0.03)
     np.testing.assert_allclose(prior.chol @ prior.chol.T, chol @ chol.T, atol=0.03)
-    one = sample.fit_prior(np.array([[1.0, 2.0]]), floor=0.2)
+    one = priors.fit_prior(np.array([[1.0, 2.0]]), floor=0.2)
     np.testing.assert_allclose(one.chol @ one.chol.T, 0.04 * np.eye(2), atol=1e-6)
     with pytest.raises(Error):
-        sample.fit_prior(np.zeros((0, 2)))
+        priors.fit_prior(np.zeros((0, 2)))
 
 
 def test_clean_names_and_save_voices(tmp_path):

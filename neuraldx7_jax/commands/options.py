@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
-PRIORS = ("fitted", "standard")  # sample.PRIORS (a test checks), named here so --help imports no JAX
+PRIORS = ("fitted", "standard")  # priors.PRIORS (a test checks), named here so --help imports no JAX
 REDRAW_FACTOR = 16  # sample.REDRAW_FACTOR
 
 
