@@ -148,12 +148,17 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
 
 @functools.lru_cache(maxsize=None)
 def _prior_fn(model_cfg, rows, greedy):
-    """Jitted `(params, mean, chol, latent_key, value_key, first_block, temperature) -> (z, voices)`
-    for `rows` samples z = mean + chol @ eps; `greedy` (temperature 0) takes the argmax."""
-    def fn(params, mean, chol, latent_key, value_key, first_block, temperature):
+    """Jitted `(params, log_w, means, chols, latent_key, value_key, first_block, temperature) -> (z,
+    voices)` for `rows` samples z = means[c] + chols[c] @ eps of a mixture (`priors.Prior`), the
+    component c drawn from its own noise (one component: the eps alone decide); `greedy`
+    (temperature 0) takes the argmax."""
+    def fn(params, log_w, means, chols, latent_key, value_key, first_block, temperature):
         eps = _block_noise(latent_key, first_block, rows // BLOCK,
                            lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
-        z = jax.lax.with_sharding_constraint(mean[None] + eps @ chol.T, _shardings()[0])  # (rows, Z)
+        c = _block_noise(jax.random.split(latent_key)[0], first_block, rows // BLOCK,
+                         lambda k: jax.random.categorical(k, log_w, shape=(BLOCK,)))
+        z = means[c] + jnp.einsum("bj,bij->bi", eps, chols[c])
+        z = jax.lax.with_sharding_constraint(z, _shardings()[0])  # (rows, Z)
         return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 
@@ -222,15 +227,17 @@ def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, la
                         endless=False):
     """Yields `count` voices z ~ prior -> decoder, as (<= batch, 155) uint8 chunks (with `latents`,
     (z, voices) pairs); `endless` goes on past `count` (then only the call size). `prior`: see
-    `priors.prior_of` (default: the fitted prior when the model has one). temperature 0 is argmax, else
-    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps."""
+    `priors.prior_of` (default: the mixture prior when the model has one). temperature 0 is argmax, else
+    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps
+    (of the drawn component, for a mixture)."""
     temperature = _check_temperature(temperature)
     prior = priors.prior_of(model, prior)
     rows = _rows_per_call(count, batch)
     fn = _prior_fn(model.config.model, rows, temperature == 0)
     params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
-    mean, chol = (jax.device_put(jnp.asarray(a), _shardings()[1]) for a in (prior.mean, prior.chol))
-    run = functools.partial(fn, params, mean, chol, keys["latent"], keys["value"])
+    mixture = (np.log(prior.weights), prior.means, prior.chols)
+    run = functools.partial(fn, params, *(jax.device_put(jnp.asarray(a, jnp.float32), _shardings()[1]) for a in mixture),
+                            keys["latent"], keys["value"])
     for z, voices in _stream(lambda s: run(s // BLOCK, t), 1 << 62 if endless else count, rows):
         yield (z, voices) if latents else voices
 

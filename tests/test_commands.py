@@ -119,8 +119,9 @@ def test_features(trained, tmp_path, capsys):
     model = checkpoint.load(work / "checkpoints")
     assert model.features == summary
     latent = config.test().model.latent
-    prior = priors.prior_of(model)
-    assert prior.name == "fitted" and prior.mean.shape == (latent,) and prior.chol.shape == (latent, latent)
+    prior, gauss = priors.prior_of(model), priors.prior_of(model, "gaussian")
+    assert prior.name == "mixture" and prior.means.shape[1:] == (latent,) and prior.chols.shape[1:] == (latent, latent)
+    assert gauss.means.shape == (1, latent) and np.allclose(gauss.chols[0] @ gauss.chols[0].T, summary["prior"]["cov"])
     train_voices = data.load_dataset(dataset)["train"]
     np.testing.assert_array_equal(model.training["value_counts"], data.value_counts(train_voices))
     assert len(model.training["voice_keys"]) == len(np.unique(train_voices[:, dx7.NON_NAME], axis=0))

@@ -28,8 +28,9 @@ def _counts(reasons):
 
 
 @subcommand("generate", "Sample new 32-voice cartridges from the model.", (
-    "Sample voices and write them as 32-voice cartridges. Latents are drawn from the fitted prior "
-    "(the density of the training voices' latents), or N(0, I) with --prior standard, or near the "
+    "Sample voices and write them as 32-voice cartridges. Latents are drawn from the mixture prior "
+    "(a Gaussian mixture fitted to the training voices' latents), or one Gaussian fitted to them "
+    "with --prior gaussian, or N(0, I) with --prior standard, or near the "
     "voices you point at with --like. A candidate voice is redrawn when its estimated loudness at "
     "C4 is silent (a parameter-only estimate, see `neuraldx7 evaluate`), when it repeats an "
     "earlier voice, or when it copies a training voice; names come from the model and a "
@@ -122,10 +123,10 @@ FEATURES = (
     "and standard deviations (mu, sigma), the flowed posterior means (zk: the decoder's input) "
     "and the per-dimension mean and std of zk to an .npz (--out). Beside the checkpoints it "
     "stores features.json (that summary, where live control and the page find their ranges, and "
-    "the fitted prior: a Gaussian fitted to posterior draws of the training voices' latents, which "
-    "generation samples from) and training.npz (the training set's value counts for the "
-    "evaluation baseline, keys of its voices so that generation can reject copies, and its name "
-    "statistics; no voice itself). Training runs this at its end."), FEATURES)
+    "the Gaussian prior fitted to posterior draws of the training voices' latents) and "
+    "training.npz (the mixture prior fitted to the same draws, which generation samples from; "
+    "the training set's value counts for the evaluation baseline, keys of its voices so that "
+    "generation can reject copies, and its name statistics; no voice itself). Training runs this at its end."), FEATURES)
 def features(a):
     from neuraldx7_jax import checkpoint
     from neuraldx7_jax import features as features_lib
@@ -136,7 +137,7 @@ def features(a):
     print(f"wrote {checkpoint.features_path(a.checkpoint)} and {checkpoint.training_path(a.checkpoint)}")
     prior = summary["prior"]
     for d, (m, s) in enumerate(zip(summary["mean"], summary["std"])):
-        print(f"    z{d}  mean {m:+.3f}  std {s:.3f}   fitted prior: mean {prior['mean'][d]:+.3f}  "
+        print(f"    z{d}  mean {m:+.3f}  std {s:.3f}   Gaussian prior: mean {prior['mean'][d]:+.3f}  "
               f"std {prior['cov'][d][d] ** 0.5:.3f}")
 
 
