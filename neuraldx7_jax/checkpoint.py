@@ -2,7 +2,8 @@
 
 A work directory holds `checkpoints/<step>/` (orbax: `params`, `opt_state` and `meta`, the
 JSON of a `Meta`) and beside the steps `features.json` (the latent summary and the fitted
-prior, written by `neuraldx7 features`) and `training.npz` (`data.training_facts`). The
+Gaussian prior, written by `neuraldx7 features`) and `training.npz` (`data.training_facts`
+and the mixture prior: `prior_weights`, `prior_means`, `prior_chols`). The
 bundled model is such a folder inside the package. Everything else asks this module for a
 `Model`.
 """
@@ -24,8 +25,8 @@ from neuraldx7_jax.config import LATENT_SPAN, Config
 from neuraldx7_jax.errors import Error
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
-FEATURES_FILE = "features.json"  # per-dimension latent summary and fitted prior, beside the checkpoints
-TRAINING_FILE = "training.npz"  # facts of the training set (no voices), beside the checkpoints
+FEATURES_FILE = "features.json"  # per-dimension latent summary and fitted Gaussian prior, beside the checkpoints
+TRAINING_FILE = "training.npz"  # facts of the training set (no voices) and the mixture prior, beside the checkpoints
 VERSION = 2  # of `Meta`; version 1 (no `version` key: the bundled model, imports) still loads
 
 
@@ -280,6 +281,23 @@ def fitted_prior(model):
         raise Error(f"{features_path(model.path)}: the fitted prior needs a mean of {latent} numbers "
                     f"and a {latent}x{latent} covariance; run `neuraldx7 features` again")
     return mean, cov
+
+
+def mixture_prior(model):
+    """(weights (K,), means (K, Z), chols (K, Z, Z)) float64 of the mixture prior stored with the
+    model (in training.npz), or None."""
+    facts = model.training or {}
+    if "prior_weights" not in facts:
+        return None
+    latent = model.config.model.latent
+    weights, means, chols = (np.asarray(facts[k], np.float64) for k in ("prior_weights", "prior_means", "prior_chols"))
+    k = len(weights)
+    if (weights.shape != (k,) or means.shape != (k, latent) or chols.shape != (k, latent, latent) or not k
+            or not all(np.all(np.isfinite(a)) for a in (weights, means, chols)) or weights.min() < 0
+            or abs(weights.sum() - 1) > 1e-3 or np.diagonal(chols, axis1=1, axis2=2).min() <= 0):
+        raise Error(f"{training_path(model.path)}: the mixture prior needs K weights summing to 1, K x {latent} "
+                    f"means and K lower-triangular {latent}x{latent} factors; run `neuraldx7 features` again")
+    return weights / weights.sum(), means, np.tril(chols)
 
 
 def bundle(workdir, out=BUNDLED):

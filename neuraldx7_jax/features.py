@@ -1,6 +1,7 @@
 """What a model needs of its data, fitted after training: the latent summary (each dimension's
-mean and std over the dataset, live control's ranges), the fitted prior (generation's default)
-and the training facts (`data.training_facts`), stored beside its checkpoints.
+mean and std over the dataset, live control's ranges), the priors fitted to the training
+latents (`priors.fit_mixture`, generation's default, and `priors.fit_prior`) and the training
+facts (`data.training_facts`), stored beside its checkpoints.
 """
 import io
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, sample
+from neuraldx7_jax import dx7, priors, sample
 from neuraldx7_jax import data as data_lib
 from neuraldx7_jax.errors import Error
 
@@ -23,8 +24,8 @@ def compute(model, voices, *, batch=None):
 
 def write(checkpoint=None, data=None, *, out=None, batch=None):
     """What a model needs of its data, stored beside its checkpoints: features.json (the
-    per-dimension mean and std of every voice's zk, for live control's ranges; the fitted prior)
-    and training.npz (`training_facts`). The training voices are the `train` split of a dataset
+    per-dimension mean and std of every voice's zk, for live control's ranges; the fitted
+    Gaussian) and training.npz (`training_facts` and the mixture prior, `checkpoint.mixture_prior`). The training voices are the `train` split of a dataset
     .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
     summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
     The model is `checkpoint_lib.load(checkpoint)`."""
@@ -43,10 +44,13 @@ def write(checkpoint=None, data=None, *, out=None, batch=None):
         buffer = io.BytesIO()
         np.savez(buffer, voices=voices, **feats)
         dx7.write_atomic(out, buffer.getvalue())
-    prior = sample.fit_training_prior(model, training)
-    cov = prior.chol.astype(np.float64) @ prior.chol.T.astype(np.float64)
+    z = priors.training_latents(model, training)
+    prior, (mixture, _) = priors.fit_prior(z), priors.fit_mixture(z)
+    chol = prior.chols[0].astype(np.float64)
     summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,
-                   count=len(voices), prior=dict(mean=prior.mean.tolist(), cov=cov.tolist(),
-                                                 voices=len(training), draws=sample.PRIOR_DRAWS))
-    checkpoint_lib.write_features(model, summary, data_lib.training_facts(training))
+                   count=len(voices), prior=dict(mean=prior.means[0].tolist(), cov=(chol @ chol.T).tolist(),
+                                                 voices=len(training), draws=priors.PRIOR_DRAWS))
+    facts = dict(data_lib.training_facts(training), prior_weights=mixture.weights, prior_means=mixture.means,
+                 prior_chols=mixture.chols)
+    checkpoint_lib.write_features(model, summary, facts)
     return summary

@@ -1,4 +1,4 @@
-"""Jitted samplers: prior draws (N(0, I), the fitted prior, or near given voices), decoding
+"""Jitted samplers: prior draws (from a `priors.Prior`), decoding
 latents, encoding voices, and the device and row helpers they and training share.
 
 Every batched sampler runs fixed-size batches sharded over all devices (the 1-D `data` mesh of
@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import neuraldx7_jax
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import data, dx7, names
+from neuraldx7_jax import data, dx7, names, priors
 from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
@@ -35,58 +35,6 @@ PIECE_BYTES = 4 << 20
 def piece_rows(model_cfg):
     """Rows per piece on a CPU for this width."""
     return max(1, PIECE_BYTES // (dx7.N_PARAMS * 3 * model_cfg.features * 4))
-
-
-class Prior(NamedTuple):
-    """A Gaussian over the decoder's latent z_K: z = mean + chol @ eps with eps ~ N(0, I)."""
-    mean: np.ndarray  # (Z,)
-    chol: np.ndarray  # (Z, Z) lower-triangular: the covariance is chol @ chol.T
-    name: str  # "fitted" (the training set's latents), "standard" (N(0, I)) or "like"
-
-
-PRIORS = ("fitted", "standard")
-
-
-PRIOR_DRAWS = 1  # posterior draws per training voice that the fitted prior is fitted to
-LIKE_FLOOR = 0.2  # smallest std of a --like density along any direction (latent units)
-
-
-def standard_prior(latent):
-    """N(0, I), the original's prior."""
-    return Prior(np.zeros(latent, np.float32), np.eye(latent, dtype=np.float32), "standard")
-
-
-def fit_prior(z, *, floor=0.0, name="fitted"):
-    """The Gaussian with the mean and covariance of latents `z` (n, Z), its covariance raised by
-    floor**2 * I (so that a handful of points, even one, gives a usable density)."""
-    z = np.asarray(z, np.float64)
-    if z.ndim != 2 or not len(z) or not np.all(np.isfinite(z)):
-        raise Error(f"cannot fit a prior to latents of shape {z.shape}")
-    cov = np.cov(z, rowvar=False).reshape(z.shape[1], z.shape[1]) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
-    chol = np.linalg.cholesky(cov + (floor ** 2 + 1e-9) * np.eye(z.shape[1]))
-    return Prior(z.mean(0).astype(np.float32), chol.astype(np.float32), name)
-
-
-def prior_of(model, prior=None):
-    """The Prior to sample `model` from: a Prior itself, "standard", "fitted" (the density of the
-    training set's latents stored with the model), or None: fitted when the model has one."""
-    if isinstance(prior, Prior):
-        return prior
-    if prior not in (None, *PRIORS):
-        raise Error(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
-    stored = checkpoint_lib.fitted_prior(model)
-    if prior == "standard" or (prior is None and stored is None):
-        return standard_prior(model.config.model.latent)
-    if stored is None:
-        raise Error(f"the model in {model.path} has no fitted prior; run `neuraldx7 features "
-                    f"--checkpoint {model.path}` (or use --prior standard)")
-    mean, cov = stored
-    try:
-        chol = np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:
-        raise Error(f"{checkpoint_lib.features_path(model.path)}: the fitted prior's covariance is not positive definite; "
-                    "run `neuraldx7 features` again") from None
-    return Prior(mean.astype(np.float32), chol.astype(np.float32), "fitted")
 
 
 def decode_logits(model_cfg, params, z_BxZ, x_BxN=None, hidden_BxN=None):
@@ -244,12 +192,17 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
 
 @functools.lru_cache(maxsize=None)
 def _prior_fn(model_cfg, rows, greedy):
-    """Jitted `(params, mean, chol, latent_key, value_key, first_block, temperature) -> (z, voices)`
-    for `rows` samples z = mean + chol @ eps; `greedy` (temperature 0) takes the argmax."""
-    def fn(params, mean, chol, latent_key, value_key, first_block, temperature):
+    """Jitted `(params, log_w, means, chols, latent_key, value_key, first_block, temperature) -> (z,
+    voices)` for `rows` samples z = means[c] + chols[c] @ eps of a mixture (`priors.Prior`), the
+    component c drawn from its own noise (one component: the eps alone decide); `greedy`
+    (temperature 0) takes the argmax."""
+    def fn(params, log_w, means, chols, latent_key, value_key, first_block, temperature):
         eps = _block_noise(latent_key, first_block, rows // BLOCK,
                            lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
-        z = jax.lax.with_sharding_constraint(mean[None] + eps @ chol.T, _shardings()[0])  # (rows, Z)
+        c = _block_noise(jax.random.split(latent_key)[0], first_block, rows // BLOCK,
+                         lambda k: jax.random.categorical(k, log_w, shape=(BLOCK,)))
+        z = means[c] + jnp.einsum("bj,bij->bi", eps, chols[c])
+        z = jax.lax.with_sharding_constraint(z, _shardings()[0])  # (rows, Z)
         return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 
@@ -318,15 +271,17 @@ def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, la
                         endless=False):
     """Yields `count` voices z ~ prior -> decoder, as (<= batch, 155) uint8 chunks (with `latents`,
     (z, voices) pairs); `endless` goes on past `count` (then only the call size). `prior`: see
-    `prior_of` (default: the fitted prior when the model has one). temperature 0 is argmax, else
-    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps."""
+    `priors.prior_of` (default: the mixture prior when the model has one). temperature 0 is argmax, else
+    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps
+    (of the drawn component, for a mixture)."""
     temperature = _check_temperature(temperature)
-    prior = prior_of(model, prior)
+    prior = priors.prior_of(model, prior)
     rows = _rows_per_call(count, batch)
     fn = _prior_fn(model.config.model, rows, temperature == 0)
     params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
-    mean, chol = (jax.device_put(jnp.asarray(a), _shardings()[1]) for a in (prior.mean, prior.chol))
-    run = functools.partial(fn, params, mean, chol, keys["latent"], keys["value"])
+    mixture = (np.log(prior.weights), prior.means, prior.chols)
+    run = functools.partial(fn, params, *(jax.device_put(jnp.asarray(a, jnp.float32), _shardings()[1]) for a in mixture),
+                            keys["latent"], keys["value"])
     for z, voices in _stream(lambda s: run(s // BLOCK, t), 1 << 62 if endless else count, rows):
         yield (z, voices) if latents else voices
 
@@ -415,15 +370,6 @@ def variations(model, voice, *, count=32, spread=1.0, seed=0, temperature=0.0, r
     return voices
 
 
-LIKE_DRAWS = 16  # posterior draws per voice for a --like density
-
-
-def like_prior(model, voices, *, seed=0):
-    """The density of `voices`' latents (`fit_training_prior` with LIKE_DRAWS draws each and a
-    LIKE_FLOOR std floor): new voices in their neighbourhood."""
-    return fit_training_prior(model, voices, draws=LIKE_DRAWS, floor=LIKE_FLOOR, name="like", seed=seed)
-
-
 class Cartridge(NamedTuple):
     """32 voices as `generate` writes them, their latents, and how many candidates were redrawn."""
     z: np.ndarray  # (32, Z) float32
@@ -457,7 +403,7 @@ MAX_CANDIDATES = 64 * 32  # candidates one cartridge may skip; then it keeps wha
 
 
 def cartridges(model, count=1, *, temperature=NEW_VOICE_TEMPERATURE, seed=0, prior=None, allow_silent=False, batch=None):
-    """Yields `count` Cartridges drawn from `prior` (`prior_of`) in the order of the seed's
+    """Yields `count` Cartridges drawn from `prior` (`priors.prior_of`) in the order of the seed's
     sample stream: a candidate voice is skipped ("redrawn") when `dx7.estimated_silent` calls
     it silent (unless `allow_silent`), when an earlier voice of this call has the same 145
     non-name values, or when a training voice does (the model's `training` facts). Cartridge i
@@ -515,20 +461,10 @@ def generate_cartridges(model, out, *, count=1, temperature=NEW_VOICE_TEMPERATUR
         yield path, cart
 
 
-def fit_training_prior(model, voices, *, draws=PRIOR_DRAWS, floor=0.0, name="fitted", seed=0):
-    """`fit_prior` to `draws` posterior draws of each of `voices`, flowed: z_K = flow(mu + sigma
-    eps), the latents the decoder saw in training (the aggregate posterior)."""
-    voices = dx7.check_voices(voices).astype(np.int32)
-    if not len(voices):
-        raise Error("no voices to fit a prior to")
-    z = encode(model, np.repeat(voices, draws, axis=0), spread=1.0, seed=seed)["zk"]
-    return fit_prior(z, floor=floor, name=name)
-
-
 class Generation(NamedTuple):
     """What `generate` started: the prior drawn from, how many voices a --like density was fitted
     to (or None), and the cartridges as they are written, (path, Cartridge) each."""
-    prior: Prior
+    prior: priors.Prior
     like: int | None
     cartridges: Any
 
@@ -537,7 +473,7 @@ def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, see
              allow_silent=False, batch=None):
     """What `neuraldx7 generate` does: checks the destinations, loads the model
     (`checkpoint_lib.load`), and starts `generate_cartridges` from `prior`, or from the density of the
-    voices `like` (`data.like_voices(like, name)`, `like_prior`)."""
+    voices `like` (`data.like_voices(like, name)`, `priors.like_prior`)."""
     if name is not None and not like:
         raise Error("--name selects among the voices of --like; give --like too")
     if like and prior:
@@ -545,7 +481,7 @@ def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, see
     dx7.check_writable(*data.cartridge_paths(out, count))
     model = checkpoint_lib.load(checkpoint)
     near = data.like_voices(like, name) if like else None
-    prior = like_prior(model, near, seed=seed) if like else prior_of(model, prior)
+    prior = priors.like_prior(model, near, seed=seed) if like else priors.prior_of(model, prior)
     return Generation(prior, None if near is None else len(near), generate_cartridges(
         model, out, count=count, temperature=temperature, seed=seed, batch=batch, prior=prior,
         allow_silent=allow_silent))

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, sample
+from neuraldx7_jax import dx7, priors, sample
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
@@ -204,7 +204,7 @@ class App:
             prior = None
             if like is not None:
                 voice = self.cartridge_voices(like[0], temperature).voices[like[1] - 1]
-                prior = sample.like_prior(self.model, voice[None], seed=seed)
+                prior = priors.like_prior(self.model, voice[None], seed=seed)
             return next(sample.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
         return self._cartridges.get((seed, temperature, like), make)
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data as data_lib
-from neuraldx7_jax import dx7, names, sample, train
+from neuraldx7_jax import dx7, names, priors, sample, train
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
@@ -35,18 +35,19 @@ def duplicates(checkpoint=None, *, samples=65536, batch=None, temperature=NEW_VO
     return result
 
 
-def evaluate(checkpoint, files, *, data=None, reference=None, audio=None):
+def evaluate(checkpoint, files, *, data=None, reference=None, audio=None, seed=0):
     """`evaluate_voices` of the voices of `files` (DX7 files, DATASET.npz or DATASET.npz:SPLIT,
     taken as one set) under the model in `checkpoint`, beside its baseline: the counts stored
     with the model, or the training voices of `data` (default: the checkpoint's dataset);
-    `reference` (a voice spec) for the marginal distances; with `audio` N, the audible fraction
-    of N valid voices rendered in Dexed. Adds `dataset` and `note` (why there is no baseline)."""
+    `reference` (a voice spec) for the marginal distances and the realism figure (`c2st`, with
+    `seed`); with `audio` N, the audible fraction of N valid voices rendered in Dexed. Adds
+    `dataset` and `note` (why there is no baseline)."""
     model = checkpoint_lib.load(checkpoint)
     voices = np.concatenate([data_lib.load_voices(f) for f in files])
     ref = data_lib.load_voices(reference) if reference else None
     training, path, why = (None, None, None) if data is None and model.training is not None \
         else training_voices(model, data)
-    report = evaluate_voices(model, voices, training=training, reference=ref)
+    report = evaluate_voices(model, voices, training=training, reference=ref, seed=seed)
     report.update(dataset=path, note=why)
     if audio:
         from neuraldx7_jax import audio as audio_lib
@@ -163,7 +164,7 @@ def duplicates_study(model, samples, *, batch=None, temperature=NEW_VOICE_TEMPER
     if samples < 1:
         raise Error(f"the sample count must be positive, got {samples}")
     batch = sample.default_batch() if batch is None else batch
-    prior = sample.prior_of(model, prior)
+    prior = priors.prior_of(model, prior)
     t0 = time.perf_counter()
     draw = dict(temperature=temperature, seed=seed, batch=batch, prior=prior)
     next(sample.sample_prior_chunks(model, min(samples, batch), **draw))  # compiles
@@ -214,14 +215,45 @@ def nearest_distances(voices, others, *, piece=64):
                           or [np.zeros(0, np.int64)])
 
 
-def evaluate_voices(model, voices, *, training=None, reference=None):
+C2ST_FOLDS = 5
+
+
+def c2st(voices, reference, *, seed=0, folds=C2ST_FOLDS):
+    """The classifier two-sample test: how well scikit-learn's HistGradientBoostingClassifier
+    (default settings) tells `voices` from `reference` voices on their 145 non-name values, as
+    `folds`-fold cross-validated accuracy; 0.5: indistinguishable, 1: always told apart. Each
+    side has as many voices as the smaller set (a random subset of the larger, by `seed`).
+    Returns dict(accuracy, folds (each fold's accuracy), voices (per side)), or raises Error
+    without scikit-learn (the `realism` extra)."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise Error("the realism figure (C2ST) needs scikit-learn: pip install 'neuraldx7-jax[realism]'") from None
+    rng = np.random.default_rng(seed)
+    n = min(len(voices), len(reference))
+    if n < folds:
+        raise Error(f"the realism figure needs at least {folds} voices a side, got {n}")
+    a, b = (np.asarray(v)[np.sort(rng.choice(len(v), n, replace=False))][:, dx7.NON_NAME] for v in (voices, reference))
+    x, y = np.concatenate([a, b]).astype(np.float32), np.repeat([1, 0], n)
+    # One OpenMP thread: beside other busy processes its threads spin and wait (512 voices a side on a
+    # loaded 2-core CPU: 119 s with two threads, 10 s with one).
+    with threadpool_limits(1, "openmp"):
+        scores = cross_val_score(HistGradientBoostingClassifier(random_state=seed), x, y,
+                                 cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return dict(accuracy=float(scores.mean()), folds=[float(s) for s in scores], voices=n)
+
+
+def evaluate_voices(model, voices, *, training=None, reference=None, seed=0):
     """Validity of each voice and, over the valid ones: the model's reconstruction accuracy
     (posterior mean, argmax), CE and -ELBO per parameter (nats; `train.evaluate`), beside the
     per-parameter marginal baseline of `training` voices (default: the value counts stored with
     the model; None without either); the estimated audible fraction (`dx7.estimated_silent`);
     the names (`names.name_figures`, distinct names per 32-voice cartridge); given `training`
     voices, the median distance to the nearest of them (`nearest_distances`); and given
-    `reference` voices, the mean marginal TV over the 145 non-name parameters and the algorithm's."""
+    `reference` voices, the mean marginal TV over the 145 non-name parameters and the algorithm's,
+    and `c2st` (with `seed`; its `note` instead when it cannot be measured, e.g. without scikit-learn)."""
     voices = dx7.check_voices(voices)
     valid = dx7.is_valid(voices)
     report = dict(count=len(voices), valid=int(valid.sum()),
@@ -250,4 +282,8 @@ def evaluate_voices(model, voices, *, training=None, reference=None):
         tv = marginal_tv(good, reference)
         report["marginal_tv"] = dict(mean=float(tv[dx7.NON_NAME].mean()), algorithm=float(tv[dx7.ALG]),
                                      reference_voices=len(reference))
+        try:
+            report["c2st"] = c2st(good, reference, seed=seed)
+        except Error as e:
+            report["c2st"] = dict(accuracy=None, note=str(e))
     return report

@@ -224,7 +224,7 @@ def run(*, data, workdir, steps, config=None, overrides=(), seed=0, checkpoint_e
         **train_fields):
     """What `neuraldx7 train` does: `resolve_config(workdir, config, overrides, **train_fields)`,
     `train_and_evaluate`, then what sampling needs of the data stored beside the checkpoints
-    (`features.write`: the fitted prior, the training facts). `distributed` first calls
+    (`features.write`: the fitted priors, the training facts). `distributed` first calls
     `jax.distributed.initialize()` (multi-host runs). Returns the last validation metrics, or None
     when there was nothing to train."""
     announce = announce or (lambda line: None)

@@ -37,6 +37,16 @@ def dexed():
         pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def sklearn():
+    """scikit-learn (the `realism` extra): skipped when absent, a failure in CI (CI installs it)."""
+    if importlib.util.find_spec("sklearn") is None:
+        reason = "scikit-learn not installed: pip install -e '.[realism]'"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must install the realism extra)")
+        pytest.skip(reason)
+
+
 def random_voices(n, seed=0):
     """(n, 155) uint8 voices, every field uniformly random in its range (all valid)."""
     return np.random.default_rng(seed).integers(0, dx7.MAX.astype(int) + 1, (n, dx7.N_PARAMS)).astype(np.uint8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
+from neuraldx7_jax import checkpoint, config, data, dx7, priors, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
 from neuraldx7_jax.commands import train as train_command
@@ -119,8 +119,9 @@ def test_features(trained, tmp_path, capsys):
     model = checkpoint.load(work / "checkpoints")
     assert model.features == summary
     latent = config.test().model.latent
-    prior = sample.prior_of(model)
-    assert prior.name == "fitted" and prior.mean.shape == (latent,) and prior.chol.shape == (latent, latent)
+    prior, gauss = priors.prior_of(model), priors.prior_of(model, "gaussian")
+    assert prior.name == "mixture" and prior.means.shape[1:] == (latent,) and prior.chols.shape[1:] == (latent, latent)
+    assert gauss.means.shape == (1, latent) and np.allclose(gauss.chols[0] @ gauss.chols[0].T, summary["prior"]["cov"])
     train_voices = data.load_dataset(dataset)["train"]
     np.testing.assert_array_equal(model.training["value_counts"], data.value_counts(train_voices))
     assert len(model.training["voice_keys"]) == len(np.unique(train_voices[:, dx7.NON_NAME], axis=0))
@@ -173,6 +174,23 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
                                          reference_voices=32)
 
 
+def test_evaluate_realism(trained, shared_data, sklearn, capsys, monkeypatch):
+    work, _ = trained
+    rom = shared_data / "factory"
+    args = ("evaluate", rom / "rom1a.syx", rom / "rom1b.syx", "--reference", rom / "rom2a.syx", "--checkpoint", work)
+    code, out, _ = run(capsys, *args, "--json")
+    c2st = json.loads(out)["c2st"]
+    assert code == 0 and c2st["voices"] == 32 and 0 <= c2st["accuracy"] <= 1  # 64 voices subsampled to 32
+    assert c2st == studies.c2st(np.concatenate([dx7.load(rom / "rom1a.syx"), dx7.load(rom / "rom1b.syx")]),
+                                dx7.load(rom / "rom2a.syx"), seed=0)
+    code, out, _ = run(capsys, *args, "--seed", 3)
+    assert code == 0 and "C2ST vs" in out and "(32 voices a side" in out
+    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the realism extra were not installed
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "needs scikit-learn" in out and "marginal TV" in out and not err
+
+
 def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     rom = shared_data / "factory" / "rom1a.syx"
@@ -184,7 +202,7 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
     assert code == 0 and "standard prior" in out
     model = checkpoint.load(work)  # without --temperature: 1, values sampled
-    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior=sample.like_prior(model, np.asarray(brass), seed=0)))
+    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior=priors.like_prior(model, np.asarray(brass), seed=0)))
     np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
     standard = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior="standard"))
     np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)
@@ -244,7 +262,7 @@ def test_a_launcher_reads_what_the_command_reads(name):
 
 
 def test_the_option_tables_name_the_libraries_constants():
-    assert options.PRIORS == sample.PRIORS and options.REDRAW_FACTOR == sample.REDRAW_FACTOR
+    assert options.PRIORS == priors.PRIORS and options.REDRAW_FACTOR == sample.REDRAW_FACTOR
 
 
 def test_a_launcher_runs_the_command(trained):

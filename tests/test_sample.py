@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_random_model, random_voices  # noqa: F401  (the subprocess below uses the first)
-from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
+from neuraldx7_jax import checkpoint, config, data, dx7, priors, sample, studies
 from neuraldx7_jax.errors import Error
 
 HERE = Path(__file__).resolve().parent
@@ -155,26 +155,54 @@ def test_the_fitted_prior_moves_and_shapes_the_same_noise(model):
     cov = np.diag(np.arange(1.0, latent + 1)) + 0.3
     fitted = model._replace(features=dict(prior=dict(mean=[2.0] * latent, cov=cov.tolist())))
     eps, _ = next(sample.sample_prior_chunks(model, 64, seed=3, latents=True))  # no prior stored: N(0, I)
-    z, voices = next(sample.sample_prior_chunks(fitted, 64, seed=3, latents=True))  # its default: fitted
+    z, voices = next(sample.sample_prior_chunks(fitted, 64, seed=3, latents=True))  # its default: the Gaussian
     np.testing.assert_allclose(z, 2.0 + eps @ np.linalg.cholesky(cov).T, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(voices, sample.decode(model, z))
     standard, _ = next(sample.sample_prior_chunks(fitted, 64, seed=3, latents=True, prior="standard"))
     np.testing.assert_array_equal(standard, eps)
-    assert studies.duplicates_study(fitted, 64, progress=False)["prior"] == "fitted"
-    with pytest.raises(Error, match="no fitted prior"):
-        sample.prior_of(model, "fitted")
+    assert studies.duplicates_study(fitted, 64, progress=False)["prior"] == "gaussian"
+    for name in ("gaussian", "mixture"):
+        with pytest.raises(Error, match=f"no {name} prior"):
+            priors.prior_of(model, name)
+    # A mixture stored with the model is the default: each latent is one of its components' (same eps).
+    means = np.stack([np.full(latent, -5.0), np.full(latent, 5.0)])
+    chols = np.stack([np.eye(latent), 0.5 * np.eye(latent)])
+    both = fitted._replace(training=dict(prior_weights=np.array([0.25, 0.75]), prior_means=means, prior_chols=chols))
+    z, _ = next(sample.sample_prior_chunks(both, 1024, seed=3, latents=True, batch=1024))
+    eps, _ = next(sample.sample_prior_chunks(model, 1024, seed=3, latents=True, batch=1024))
+    high = z[:, 0] > 0
+    np.testing.assert_allclose(z[high], 5.0 + 0.5 * eps[high], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z[~high], -5.0 + eps[~high], rtol=1e-5, atol=1e-5)
+    assert abs(high.mean() - 0.75) < 0.05 and priors.prior_of(both).name == "mixture"
+    gauss, _ = next(sample.sample_prior_chunks(both, 64, seed=3, latents=True, prior="gaussian"))
+    np.testing.assert_allclose(gauss, 2.0 + eps[:64] @ np.linalg.cholesky(cov).T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Error, match="training.npz: the mixture prior needs"):
+        priors.prior_of(both._replace(training=dict(both.training, prior_weights=np.array([0.5, 0.1]))))
 
 
 def test_fit_prior_recovers_a_gaussian_and_floors_one_point():
     rng = np.random.default_rng(0)
     chol = np.array([[1.0, 0.0], [0.8, 0.5]])
-    prior = sample.fit_prior(np.array([3.0, -1.0]) + rng.standard_normal((20000, 2)) @ chol.T)
-    np.testing.assert_allclose(prior.mean, [3.0, -1.0], atol=0.03)
-    np.testing.assert_allclose(prior.chol @ prior.chol.T, chol @ chol.T, atol=0.03)
-    one = sample.fit_prior(np.array([[1.0, 2.0]]), floor=0.2)
-    np.testing.assert_allclose(one.chol @ one.chol.T, 0.04 * np.eye(2), atol=1e-6)
+    prior = priors.fit_prior(np.array([3.0, -1.0]) + rng.standard_normal((20000, 2)) @ chol.T)
+    np.testing.assert_allclose(prior.means[0], [3.0, -1.0], atol=0.03)
+    np.testing.assert_allclose(prior.chols[0] @ prior.chols[0].T, chol @ chol.T, atol=0.03)
+    one = priors.fit_prior(np.array([[1.0, 2.0]]), floor=0.2)
+    np.testing.assert_allclose(one.chols[0] @ one.chols[0].T, 0.04 * np.eye(2), atol=1e-6)
     with pytest.raises(Error):
-        sample.fit_prior(np.zeros((0, 2)))
+        priors.fit_prior(np.zeros((0, 2)))
+
+
+def test_fit_mixture_finds_the_clusters_a_gaussian_blurs():
+    rng = np.random.default_rng(0)
+    centres = np.array([[-4.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
+    z = np.concatenate([c + s * rng.standard_normal((n, 2)) for c, s, n in zip(centres, (0.5, 1.0, 0.3), (6000, 3000, 1000))])
+    mixture, log_likelihood = priors.fit_mixture(z, 3, seed=1)
+    order = np.argsort(mixture.means[:, 0] + 10 * mixture.means[:, 1])  # left, right, top
+    np.testing.assert_allclose(mixture.means[order], centres, atol=0.1)
+    np.testing.assert_allclose(mixture.weights[order], [0.6, 0.3, 0.1], atol=0.01)
+    np.testing.assert_allclose(np.linalg.norm(mixture.chols[order], axis=(1, 2)) / np.sqrt(2), [0.5, 1.0, 0.3], rtol=0.05)
+    assert log_likelihood > priors.fit_mixture(z, 1)[1] + 1  # one component: far less likely
+    assert priors.fit_mixture(z, 3, seed=1)[0].means.tolist() == mixture.means.tolist()  # a seed, one fit
 
 
 def test_clean_names_and_save_voices(tmp_path):
@@ -264,6 +292,29 @@ def test_marginal_baseline():
     assert figures["mode_accuracy"] == pytest.approx((training[:50] == mode).mean())
     expected_ce = -np.mean([np.log(probs[j, v]) for r in training[:50] for j, v in enumerate(r)])
     assert figures["ce_per_param"] == pytest.approx(expected_ce)
+
+
+def test_c2st_tells_histogram_voices_from_real_ones_but_not_real_from_real(shared_data, sklearn):
+    factory = np.concatenate([dx7.load(f) for f in sorted((shared_data / "factory").glob("*.syx"))])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(factory))
+    half, other = factory[order[:512]], factory[order[512:]]
+    same = studies.c2st(half, other, seed=1)
+    assert 0.4 < same["accuracy"] < 0.6 and same["voices"] == 512 and len(same["folds"]) == 5
+    assert studies.c2st(half, other, seed=1) == same  # a seed gives the same figure
+    # Each value redrawn from its parameter's histogram over the factory voices: right marginals, no joint.
+    counts = data.value_counts(factory)
+    redrawn = np.stack([rng.choice(dx7.N_VALUES, 256, p=c / c.sum()) for c in counts], 1).astype(np.uint8)
+    assert studies.marginal_tv(redrawn, half)[dx7.NON_NAME].mean() < 0.15  # the marginal figure barely sees it
+    different = studies.c2st(redrawn, other, seed=1)
+    assert different["accuracy"] > 0.8 and different["voices"] == 256  # the larger set is subsampled
+
+
+def test_c2st_without_scikit_learn_says_what_it_needs(monkeypatch):
+    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the realism extra were not installed
+    with pytest.raises(Error, match=r"needs scikit-learn: pip install 'neuraldx7-jax\[realism\]'"):
+        studies.c2st(random_voices(8), random_voices(8, seed=1))
 
 
 def test_load_voice_specs(tmp_path, voices):

@@ -28,8 +28,9 @@ def _counts(reasons):
 
 
 @subcommand("generate", "Sample new 32-voice cartridges from the model.", (
-    "Sample voices and write them as 32-voice cartridges. Latents are drawn from the fitted prior "
-    "(the density of the training voices' latents), or N(0, I) with --prior standard, or near the "
+    "Sample voices and write them as 32-voice cartridges. Latents are drawn from the mixture prior "
+    "(a Gaussian mixture fitted to the training voices' latents), or one Gaussian fitted to them "
+    "with --prior gaussian, or N(0, I) with --prior standard, or near the "
     "voices you point at with --like. A candidate voice is redrawn when its estimated loudness at "
     "C4 is silent (a parameter-only estimate, see `neuraldx7 evaluate`), when it repeats an "
     "earlier voice, or when it copies a training voice; names come from the model and a "
@@ -153,10 +154,10 @@ FEATURES = (
     "and standard deviations (mu, sigma), the flowed posterior means (zk: the decoder's input) "
     "and the per-dimension mean and std of zk to an .npz (--out). Beside the checkpoints it "
     "stores features.json (that summary, where live control and the page find their ranges, and "
-    "the fitted prior: a Gaussian fitted to posterior draws of the training voices' latents, which "
-    "generation samples from) and training.npz (the training set's value counts for the "
-    "evaluation baseline, keys of its voices so that generation can reject copies, and its name "
-    "statistics; no voice itself). Training runs this at its end."), FEATURES)
+    "the Gaussian prior fitted to posterior draws of the training voices' latents) and "
+    "training.npz (the mixture prior fitted to the same draws, which generation samples from; "
+    "the training set's value counts for the evaluation baseline, keys of its voices so that "
+    "generation can reject copies, and its name statistics; no voice itself). Training runs this at its end."), FEATURES)
 def features(a):
     from neuraldx7_jax import checkpoint
     from neuraldx7_jax import features as features_lib
@@ -167,7 +168,7 @@ def features(a):
     print(f"wrote {checkpoint.features_path(a.checkpoint)} and {checkpoint.training_path(a.checkpoint)}")
     prior = summary["prior"]
     for d, (m, s) in enumerate(zip(summary["mean"], summary["std"])):
-        print(f"    z{d}  mean {m:+.3f}  std {s:.3f}   fitted prior: mean {prior['mean'][d]:+.3f}  "
+        print(f"    z{d}  mean {m:+.3f}  std {s:.3f}   Gaussian prior: mean {prior['mean'][d]:+.3f}  "
               f"std {prior['cov'][d][d] ** 0.5:.3f}")
 
 
@@ -224,7 +225,7 @@ EVALUATE = (
            "model, else the checkpoint's dataset)"),
     Option("reference", metavar="SPEC", help="voices to compare the value distributions with, e.g. "
            "data.npz:validation"),
-    JSON, AUDIO, CHECKPOINT,
+    JSON, AUDIO, SEED, CHECKPOINT,
 )
 
 
@@ -238,12 +239,15 @@ EVALUATE = (
     "loudness, checked against Dexed), how the names read (distinct per 32-voice cartridge; with "
     "a run of three letters or more) and, with --reference, how far the voices' value "
     "distributions are from another set's (mean marginal total-variation distance over the 145 "
-    "non-name parameters, and the algorithm's). Several FILEs are taken as one set: "
+    "non-name parameters, and the algorithm's) and how real they look beside it: the C2ST, the "
+    "5-fold cross-validated accuracy of a gradient-boosted classifier (scikit-learn, the realism "
+    "extra) telling the voices from as many reference voices by their 145 non-name values (0.5: "
+    "indistinguishable; the larger set is subsampled by --seed). Several FILEs are taken as one set: "
     "`neuraldx7 evaluate carts/*.syx --reference data.npz:validation`."), EVALUATE)
 def evaluate(a):
     from neuraldx7_jax import studies
 
-    report = studies.evaluate(a.checkpoint, a.file, data=a.data, reference=a.reference, audio=a.audio)
+    report = studies.evaluate(a.checkpoint, a.file, data=a.data, reference=a.reference, audio=a.audio, seed=a.seed)
     if a.json:
         print(json.dumps(report))
         return
@@ -272,4 +276,8 @@ def evaluate(a):
         tv = report["marginal_tv"]
         print(f"marginal TV vs {a.reference} ({tv['reference_voices']} voices): mean {tv['mean']:.3f}, "
               f"algorithm {tv['algorithm']:.3f}")
+    if "c2st" in report:
+        c = report["c2st"]
+        print(f"note: {c['note']}" if c["accuracy"] is None else
+              f"C2ST vs {a.reference}: {c['accuracy']:.3f} ({c['voices']} voices a side; 0.5: indistinguishable)")
     _print_audibility(report)

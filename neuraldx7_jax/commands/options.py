@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
-PRIORS = ("fitted", "standard")  # sample.PRIORS (a test checks), named here so --help imports no JAX
+PRIORS = ("mixture", "gaussian", "standard")  # priors.PRIORS (a test checks), named here so --help imports no JAX
 REDRAW_FACTOR = 16  # sample.REDRAW_FACTOR
 
 
@@ -120,9 +120,9 @@ SEED = Option("seed", int, 0, "random seed; the same seed gives the same output 
 AUDIO = Option("audio", int, None, "also render N voices (default 1024) at C4 through Dexed and report the "
                "audible fraction (RMS above -60 dBFS), beside the training data's; needs the audio extra",
                const=1024, metavar="N")
-PRIOR = Option("prior", str, None, "where latents are drawn: 'fitted', the density of the training set's "
-               "latents stored with the model (the default when it has one), or 'standard', N(0, I) as "
-               "the original did", choices=PRIORS)
+PRIOR = Option("prior", str, None, "where latents are drawn: 'mixture', a Gaussian mixture fitted to the "
+               "training set's latents (the default when the model has one), 'gaussian', one Gaussian "
+               "fitted to them (the default before), or 'standard', N(0, I) as the original did", choices=PRIORS)
 TEMPERATURE = Option("temperature", float, NEW_VOICE_TEMPERATURE, "values are sampled from "
                      "softmax(logits / T) (default: 1, the model's own distribution); 0 takes the most "
                      "likely value of each parameter, as the original did")

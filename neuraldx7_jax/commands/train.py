@@ -35,7 +35,7 @@ OPTIONS = (
 
 @subcommand("train", "Train the VAE on a dataset .npz; resumes an existing work directory.",
             "Train the VAE on a dataset .npz in a work directory, resuming it if it holds a run, and "
-            "store what sampling needs of the data beside the checkpoints (the fitted prior, the "
+            "store what sampling needs of the data beside the checkpoints (the fitted priors, the "
             "training facts). Prints the last validation metrics as JSON; progress and notes go to stderr.",
             OPTIONS)
 def run_training(a):
