@@ -95,4 +95,8 @@ def test_step_bound_times_the_step_with_and_without_attention():
     m = config.preset("small").model
     matmuls = 3 * 2 * 2 * 4 * dx7.N_PARAMS ** 2 * m.features * 2 * m.layers / 1e9  # fwd + 2x bwd, enc + dec
     assert matmuls <= attention_gflop < 1.1 * matmuls
-    assert min(ceiling, rate, free_rate, attention_rate, bound) > 0
+    assert min(ceiling, rate, free_rate, bound) > 0
+    # attention's GFLOP/s (attention_rate) is its FLOPs over the difference of two step times timed
+    # apart: on a shared CPU the step without attention can time slower than the one with it (-124.4
+    # seen), so its sign is not asserted (speed is reported, never asserted)
+    assert math.isfinite(attention_rate)

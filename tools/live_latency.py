@@ -12,6 +12,7 @@ received, and whether the synth's last voice is the engine's final one.
 Needs jackd (apt-get install jackd2).
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -129,8 +130,10 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
             peers.stdin.close()
             peers.wait(10)
         server.terminate()
-        server.wait(10)
+        server.wait(30)
         shutil.rmtree(logs)
+        for path in glob.glob(f"/dev/shm/jack*_{glob.escape(name)}_*"):  # what a killed client left
+            os.remove(path)
     stats = engine.stats()
     period_ms = period / rate * 1e3
     ms = engine.latency_ms[:min(engine.decodes, live.HISTORY)]
