@@ -221,14 +221,17 @@ def write_mapping(path, ccs):
 
 def summary_line(stats):
     """What went in and out: voices, CCs, what was superseded, resent or lost, latency, xruns, and
-    the input seen lost (JACK: `changed` buffers that changed while read, events `dropped` upstream)."""
+    where input may have been lost (JACK: cycles read `late`, buffers `changed` while read, events
+    `dropped` by a full buffer upstream; None where the backend cannot tell)."""
     xruns = stats.get("xruns")
     resent = f" ({stats['resent']} of them again, in case one was lost)" if stats["resent"] else ""
     latency = (f"decode latency p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, "
                f"max {stats['max_ms']:.2f} ms" if stats["decodes"] else "no decodes")
-    changed, dropped = stats.get("changed"), stats.get("dropped")
-    lost = ("n/a" if changed is None else "none seen" if not changed + dropped else
-            f"{changed} buffers changed while read, {dropped} events refused by a full buffer upstream")
+    counts = [(stats.get(key), what) for key, what in (
+        ("late", "cycles read late"), ("changed", "buffers changed while read"),
+        ("dropped", "events refused by a full buffer upstream"))]
+    lost = ("n/a" if counts[0][0] is None else ", ".join(f"{n} {what}" for n, what in counts if n)
+            or "none seen")
     return (f"sent {stats['sent']} voices{resent} for {stats['ccs']} CCs ({stats['moves']} moves, "
             f"{stats['superseded']} superseded by a newer one before a decode); "
             f"{stats['failed']} could not be written; {latency}; xruns {'n/a' if xruns is None else xruns}; "
@@ -288,8 +291,8 @@ def run(checkpoint=None, *, backend=None, controller=None, synth=None, channel=0
             signal.signal(signal.SIGTERM, previous)
     if save_mapping:
         write_mapping(save_mapping, engine.controls.mapping())
-    stats = dict(engine.stats(), xruns=link.xruns, sent=link.sent, failed=link.failed, changed=link.changed,
-                 dropped=link.dropped)
+    stats = dict(engine.stats(), xruns=link.xruns, sent=link.sent, failed=link.failed, late=link.late,
+                 changed=link.changed, dropped=link.dropped)
     say(summary_line(stats))
     if link.stopped.is_set():
         raise Error(f"the JACK server went away ({link.reason or 'no reason given'}); start it and "

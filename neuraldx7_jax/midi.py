@@ -1,6 +1,6 @@
 """The MIDI adapters of live control, one per entry of `BACKENDS`, and the one backend rule.
 
-`JackLink` and `RtmidiLink` feed an engine (`live.Engine`: `handle`, `due`, `fresh`, `update`,
+`JackLink` and `RtmidiLink` (on one base, `Link`) feed an engine (`live.Engine`: `handle`, `due`, `fresh`, `update`,
 `resend`) the MIDI messages that arrive, send what it returns, and follow their ports when they
 go away and come back (`poll`); each lists ports and sends files too. `choose_backend` is the
 rule every MIDI command uses: JACK when a JACK server is running, else rtmidi; `--backend`
@@ -228,8 +228,10 @@ class JackInput:
     memmove), checks that it did not change during the copy (else copies it again and counts it
     in `changed`), and picks the 3-byte CC events out of the copy with numpy. It knows JACK2's
     buffer layout (a header, then 12-byte events with up to 4 bytes inline) by its magic number;
-    another layout (JACK1) is read through jack-client's iterator. `dropped` counts the events
-    that the writers upstream could not put in the buffer (JACK's lost-event count)."""
+    another layout (JACK1) is read through jack-client's iterator. `late` counts the reads that
+    did not start one period after the one before (the server's cycle had moved on: the writer
+    may have cleared the buffer first), `dropped` the events that the writers upstream could not
+    put in the buffer (JACK's lost-event count)."""
 
     MAGIC = 0x900DF00D  # JACK2's JackMidiBuffer: magic, size, frames, write_pos, events, lost (uint32)
     HEADER, EVENT = 24, 12  # bytes of its header and of each event (time, size, 4 data bytes)
@@ -237,12 +239,17 @@ class JackInput:
 
     def __init__(self, port, client, jack):
         self.port, self.client, self._ffi, self._lib = port, client, jack._ffi, jack._lib
-        self.changed = self.dropped = 0
+        self.changed = self.dropped = self.late = 0
+        self._frame = None  # the cycle's first frame at the last read
         self._copy = np.zeros(1 << 15, np.uint8)  # grown (once) to the server's MIDI buffer size
 
     def read(self):
         """(CC numbers, values): int arrays of this cycle's CC messages, in order."""
-        buf = self._lib.jack_port_get_buffer(self.port._ptr, self.client.blocksize)
+        frame, blocksize = self.client.last_frame_time, self.client.blocksize
+        if self._frame is not None and frame - self._frame != blocksize:
+            self.late += 1
+        self._frame = frame
+        buf = self._lib.jack_port_get_buffer(self.port._ptr, blocksize)
         header = self._ffi.cast("uint32_t *", buf)
         if header[0] != self.MAGIC:
             from neuraldx7_jax.live import cc_arrays
@@ -268,7 +275,33 @@ class JackInput:
         return data[cc, 1].astype(np.int64), data[cc, 2].astype(np.int64)
 
 
-class JackLink:
+class Link:
+    """What the adapters share. Each feeds an engine the messages that arrive and sends what it
+    returns, counting voices `sent` and those that `failed`; `stopped` is set (with a `reason`)
+    when the backend goes away. Each defines `poll` (lines saying what changed in its ports),
+    `ports` (our two ports' names), `close`, and the static `list_ports` and `send_messages`.
+    `xruns`, `late`, `changed` and `dropped` (where input may have been lost: see `JackInput`) are
+    None where the backend cannot count them."""
+
+    xruns = late = changed = dropped = None
+
+    def __init__(self, engine, controller, synth):
+        """`controller` and `synth`: the `Follow`s of our two ports."""
+        self.engine, self.sent, self.failed = engine, 0, 0
+        self.stopped, self.reason = threading.Event(), None
+        self._controller, self._synth = controller, synth
+
+    controller = property(lambda self: self._controller.name)
+    synth = property(lambda self: self._synth.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class JackLink(Link):
     """The JACK adapter: a client with a MIDI input `control` and output `synth`. Each cycle its
     process callback applies the cycle's CCs and, when the engine has something due, writes one
     voice: the newest. After an xrun (up to RESEND_CYCLES after a new voice), a failed write or the
@@ -281,9 +314,7 @@ class JackLink:
     def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
         """`api` is rtmidi's and unused here, so that both adapters open alike."""
         jack = _jack()
-        self.engine, self.xruns, self.sent, self.failed = engine, 0, 0, 0
-        self.stopped = threading.Event()  # set when the JACK server goes away
-        self.reason = None
+        self.xruns = 0
         self._xruns_seen = self.cycles = 0  # cycles: process callbacks run so far
         self._new_at = -RESEND_CYCLES  # the cycle of the last new voice
         self.reconnects = self._reconnects_seen = 0  # the synth came back: send it the voice
@@ -299,9 +330,9 @@ class JackLink:
         self._jack_error = jack.JackError
         try:
             sources, destinations = _jack_ports(client)
-            self._controller = Follow("controller", controller, controller and match_port(
-                controller, sources, "source"))
-            self._synth = Follow("synth", synth, synth and match_port(synth, destinations, "destination"))
+            super().__init__(engine, Follow("controller", controller, controller and match_port(
+                controller, sources, "source")), Follow("synth", synth, synth and match_port(
+                    synth, destinations, "destination")))
             client.activate()
             if self.controller:
                 client.connect(self.controller, self.inport)
@@ -311,8 +342,7 @@ class JackLink:
             client.close()
             raise
 
-    controller = property(lambda self: self._controller.name)
-    synth = property(lambda self: self._synth.name)
+    late = property(lambda self: self.input.late)  # cycles whose input was read late
     changed = property(lambda self: self.input.changed)  # input buffers that changed while read
     dropped = property(lambda self: self.input.dropped)  # events a full buffer refused upstream
 
@@ -381,12 +411,6 @@ class JackLink:
             pass
         self.client.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     @staticmethod
     def list_ports(api=None):
         client = _jack_client("neuraldx7-ports", _jack())
@@ -440,7 +464,7 @@ class JackLink:
             client.close()
 
 
-class RtmidiLink:
+class RtmidiLink(Link):
     """The rtmidi adapter. A worker thread reads what the controller's port has queued, applies
     the CCs at once, then decodes and sends whatever is due, so a flood of CCs costs one decode per pass,
     always of the newest position; with nothing queued it looks again after INPUT_S. An unnamed
@@ -453,10 +477,7 @@ class RtmidiLink:
     waits on."""
 
     def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
-        self.engine, self.xruns, self.sent, self.failed = engine, None, 0, 0
-        self.changed = self.dropped = None  # rtmidi says nothing of input it lost
         self.name = name
-        self.stopped = threading.Event()  # rtmidi never stops by itself
         self._closing, self._lock = False, threading.Lock()  # the lock: the ports, worker or poll
         self._polled = time.monotonic()
         self.output, synth_name = _rtmidi_open("out", api, name, synth, "synth", "destination")
@@ -465,14 +486,11 @@ class RtmidiLink:
         except BaseException:
             _rtmidi_close(self.output)
             raise
-        self._synth = Follow("synth", synth, synth_name)
-        self._controller = Follow("controller", controller, controller_name)
+        super().__init__(engine, Follow("controller", controller, controller_name),
+                         Follow("synth", synth, synth_name))
         self.input.ignore_types(sysex=True, timing=True, active_sense=True)
         self._worker = threading.Thread(target=self._work, daemon=True)
         self._worker.start()
-
-    controller = property(lambda self: self._controller.name)
-    synth = property(lambda self: self._synth.name)
 
     def _work(self):
         errors = _rtmidi_errors()
@@ -526,12 +544,6 @@ class RtmidiLink:
         self._worker.join()
         _rtmidi_close(self.input)
         _rtmidi_close(self.output)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @staticmethod
     def list_ports(api=None):

@@ -59,6 +59,7 @@ def test_bench_times_a_changed_config_and_rejects_a_bad_change(capsys):
     assert "bad override 'model.width=3'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_original_runs_both_and_prints_the_ratio():
     missing = [what for what, ok in ((str(TIMER), TIMER.is_file()), (SRC, os.path.isdir(SRC))) if not ok]
     try:
@@ -82,6 +83,7 @@ def test_compare_original_runs_both_and_prints_the_ratio():
     assert "decode1_p50_ms" in proc.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_step_bound_times_the_step_with_and_without_attention():
     """tools/step_bound.py: the FLOPs it takes away are attention's: its six batched matmuls per
     layer (Q K^T, weights V, and their gradients) plus the softmax, nothing of the dense layers."""
