@@ -22,12 +22,6 @@ MODE_CCS = range(120, 128)  # channel mode messages (all notes off, ...): never 
 HISTORY = 1 << 16  # decode latencies kept for the statistics (a ring)
 
 
-def cc_arrays(messages):
-    """(CC numbers, values) of the control-change messages among raw MIDI messages (any channel)."""
-    ccs = [m for m in messages if len(m) == 3 and m[0] & 0xF0 == 0xB0 and m[1] < 128 and m[2] < 128]
-    return (np.array([m[1] for m in ccs], np.int64), np.array([m[2] for m in ccs], np.int64))
-
-
 def latent_summary(model):
     """`checkpoint.latent_summary`: (mean, std) of the decoder latent, or None."""
     from neuraldx7_jax import checkpoint
@@ -142,7 +136,7 @@ class Engine:
 
     def handle(self, *messages):
         """Raw MIDI messages (bytes); True when a CC among them moved the latent."""
-        return self.receive(*cc_arrays(messages)) > 0
+        return self.receive(*midi.cc_arrays(messages)) > 0
 
     def resend(self):
         """Asks for the current voice again (it may have been lost); only once one went out."""

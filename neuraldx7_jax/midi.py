@@ -1,8 +1,8 @@
 """The MIDI adapters of live control, one per entry of `BACKENDS`, and the one backend rule.
 
-`JackLink` and `RtmidiLink` (on one base, `Link`) feed an engine (`live.Engine`: `handle`, `due`, `fresh`, `update`,
-`resend`) the MIDI messages that arrive, send what it returns, and follow their ports when they
-go away and come back (`poll`); each lists ports and sends files too. `choose_backend` is the
+`JackLink` and `RtmidiLink`, on one base `Link`, feed an engine (`live.Engine`: `receive`, `due`,
+`fresh`, `update`, `resend`) the CCs that arrive, send what it returns, and follow their ports when
+they go away and come back (`poll`); each lists ports and sends files too. `choose_backend` is the
 rule every MIDI command uses: JACK when a JACK server is running, else rtmidi; `--backend`
 overrides. libjack's and alsa-lib's own lines stay off the terminal: our Errors say what was
 tried and what to try instead. jack and rtmidi are imported where they are used, so a host
@@ -29,6 +29,13 @@ INPUT_BATCH = 1024  # rtmidi: the most queued messages the worker applies at onc
 # be lost on a loaded machine; so `send` waits this long after connecting and after the last one.
 SEND_SETTLE_S = 0.2
 SEND_SETTLE_CYCLES = 8  # JACK (`send`): cycles waited after connecting and after the last message
+
+
+def cc_arrays(messages):
+    """(CC numbers, values): int arrays of the control-change messages among raw MIDI messages
+    (any channel), in order."""
+    ccs = [m for m in messages if len(m) == 3 and m[0] & 0xF0 == 0xB0 and m[1] < 128 and m[2] < 128]
+    return np.array([m[1] for m in ccs], np.int64), np.array([m[2] for m in ccs], np.int64)
 
 
 def match_port(pattern, names, role):
@@ -246,13 +253,12 @@ class JackInput:
     def read(self):
         """(CC numbers, values): int arrays of this cycle's CC messages, in order."""
         frame, blocksize = self.client.last_frame_time, self.client.blocksize
-        if self._frame is not None and frame - self._frame != blocksize:
+        if self._frame is not None and (frame - self._frame) % 2 ** 32 != blocksize:
             self.late += 1
         self._frame = frame
         buf = self._lib.jack_port_get_buffer(self.port._ptr, blocksize)
         header = self._ffi.cast("uint32_t *", buf)
         if header[0] != self.MAGIC:
-            from neuraldx7_jax.live import cc_arrays
             return cc_arrays([bytes(data) for _, data in self.port.incoming_midi_events()])
         size = header[1]
         if size > len(self._copy):
@@ -500,7 +506,7 @@ class RtmidiLink(Link):
                 while len(messages) < INPUT_BATCH and (event := self.input.get_message()) is not None:
                     messages.append(event[0])
             if messages:
-                self.engine.handle(*messages)
+                self.engine.receive(*cc_arrays(messages))
                 continue  # everything queued first: one decode, of the newest position
             if not self.engine.due():
                 time.sleep(INPUT_S)

@@ -121,15 +121,22 @@ def start_jackd(name, log, synchronous=True):
             time.sleep(0.1)
 
 
+def stop(proc, seconds=60):
+    """Ends a child still running: SIGTERM first (`neuraldx7 live` stops cleanly, closing its JACK
+    client: a killed client stalls a synchronous server for its timeout), SIGKILL after `seconds`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def stop_jackd(server):
     """Stops a server `start_jackd` started and removes the files it leaves in /dev/shm (its
     semaphores and socket, named after the server: a killed client's stay behind)."""
-    server.terminate()
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    stop(server, 30)
     name = server.args[server.args.index("-n") + 1]
     for path in glob.glob(f"/dev/shm/jack*_{glob.escape(name)}_*"):
         try:
@@ -270,6 +277,17 @@ class Rig:
         time.sleep(50 * 256 / 48000)
         while not self.lines.empty():
             self.received.append(bytes.fromhex(self.lines.get()))
+        return list(self.received)
+
+    def wait_last(self, message, timeout=300.0):
+        """Every message received so far, once the last one is `message` (an asynchronous server
+        may lose some; the link sends the newest again until the last one is through)."""
+        deadline = time.monotonic() + timeout
+        while not (self.received and self.received[-1] == message) and time.monotonic() < deadline:
+            try:
+                self.received.append(bytes.fromhex(self.lines.get(timeout=0.05)))
+            except queue.Empty:
+                pass
         return list(self.received)
 
     def close(self):

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import Rig, need_jackd, start_jackd, stop_jackd
+from conftest import Rig, need_jackd, start_jackd, stop, stop_jackd
 from neuraldx7_jax import checkpoint, config, dx7, live, midi, sample, train
 from neuraldx7_jax.errors import Error
 
@@ -87,6 +87,23 @@ def test_learns_the_first_distinct_ccs_and_maps_values_linearly():
     np.testing.assert_allclose(controls.z_1xZ[0], want, rtol=1e-6)
     assert controls.control(20, 127) and controls.z_1xZ[0, 0] == pytest.approx(MEAN[0] + 3 * STD[0])
     assert live.Controls(np.zeros(16), np.ones(16)).capacity == live.LEARN  # 8 at most, as the original
+
+
+def test_a_cycles_ccs_applied_at_once_are_the_spec_one_by_one():
+    """`Controls.apply` (array work, as the JACK callback does with a whole buffer): the same
+    mapping, latent and count of moves as the spec replayed message by message."""
+    rng = np.random.default_rng(5)
+    messages = [cc(int(n), int(v)) for n, v in zip(rng.choice([3, 9, 121, 40, 9, 3, 77, 12], 3000),
+                                                   rng.integers(0, 6, 3000))]
+    want = reference_latents([messages], MEAN, STD, per_message=True)
+    controls, moves, start = live.Controls(MEAN, STD), 0, 0
+    for size in rng.integers(0, 700, 40):
+        numbers, values = midi.cc_arrays(messages[start:start + size])
+        moves, start = moves + controls.apply(numbers, values), start + size
+    assert start >= len(messages)
+    first = [n for n in dict.fromkeys(m[1] for m in messages) if n < 120][:4]  # in order of arrival
+    assert moves == len(want) and controls.mapping() == {n: d for d, n in enumerate(first, 1)}
+    np.testing.assert_array_equal(controls.z_1xZ[0], want[-1])
 
 
 def test_a_fixed_mapping_ignores_other_ccs():
@@ -317,8 +334,8 @@ def test_jack_full_buffer_from_another_process_ends_on_its_last_positions(model,
                         continue
                     assert engine.ccs - ccs == FULL_BUFFER, attempts
                     counted.append(burst)
-                    final = reference_latents([sum(counted, [])], MEAN, STD)[-1]
-                    assert rig.wait_for(link.sent)[-1] == dx7.single_voice_message(reference(final)), attempts
+                    voice = dx7.single_voice_message(reference(reference_latents([sum(counted, [])], MEAN, STD)[-1]))
+                    assert rig.wait_last(voice)[-1] == voice, attempts
             assert len(counted) == 3, f"{attempts} bursts played, {len(counted)} reached the link"
             stats = dict(engine.stats(), xruns=link.xruns, sent=link.sent, failed=link.failed, late=link.late,
                          changed=link.changed, dropped=link.dropped)
@@ -466,18 +483,6 @@ def test_tools_live_end_to_end(rig, workdir, tmp_path):
     assert len(received) == sent and 1 <= len(distinct(received)) <= 3  # 3 decodes; close latents may share a voice
     assert all(m[:3] == bytes([0xF0, 0x43, 2]) for m in received)
     assert live.load_mapping(saved) == [7, 1, 9]
-
-
-def stop(proc):
-    """Ends a child still running: SIGTERM first (the live command stops cleanly, closing its JACK
-    client: a killed client stalls a synchronous server for its timeout), SIGKILL after 60 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow
