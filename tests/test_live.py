@@ -445,12 +445,9 @@ def test_rtmidi_opens_and_closes_while_the_controller_floods(rig, workdir):
 def test_tools_live_end_to_end(rig, workdir, tmp_path):
     tool = [sys.executable, os.path.join(ROOT, "tools", "live.py")]  # `neuraldx7 live`, as a script
     saved = tmp_path / "mapping.json"
-    # Ctrl-C stops it: SIGINT's default action restored in the child, as a job started in the
-    # background (`pytest &`) ignores SIGINT, and so would the tool, which then never stopped
     proc = subprocess.Popen(tool + ["--checkpoint", str(workdir), "--controller", "pytest-controller",
                                     "--synth", "pytest-synth", "--channel", "3", "--save-mapping", str(saved)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
                      daemon=True).start()
@@ -466,7 +463,9 @@ def test_tools_live_end_to_end(rig, workdir, tmp_path):
             assert time.monotonic() < deadline, "the mapping was not saved"
             time.sleep(0.1)
         time.sleep(3 * midi.RESEND_CYCLES * 256 / 48000)
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM stops it cleanly, as Ctrl-C does; not SIGINT: a suite started in the background
+        # (`pytest &`) ignores SIGINT, and so does the tool it starts, which then never stopped
+        proc.send_signal(signal.SIGTERM)
         proc.wait(300)
     finally:
         stop(proc)
