@@ -556,6 +556,7 @@ def test_live_latency_tool_on_an_asynchronous_server(tmp_path):
     assert not list(temp.iterdir())  # the server's log goes with it
     figures = json.loads(out.read_text())
     assert figures["ccs_sent"] == 300 and 0 < figures["ccs"] <= 300 and figures["final_voice_arrived"]
+    assert min(figures["late"], figures["changed"], figures["dropped"]) >= 0
     assert figures["decodes"] + figures["resent"] == figures["sent"] + figures["failed"]
     assert figures["moves"] == figures["decodes"] + figures["superseded"]
     assert 0 < figures["received"] <= figures["sent"]
