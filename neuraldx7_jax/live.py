@@ -50,17 +50,31 @@ class Controls:
 
     def control(self, cc, value):
         """Applies one CC message; True when it moved the latent."""
-        d = self.dims[cc]
-        if d < 0:
-            if self.learned >= self.capacity or cc in MODE_CCS:
-                return False
-            d = self.dims[cc] = self.learned
-            self.learned += 1
-        new = self.table_Zx128[d, value]
-        if self.z_1xZ[0, d] == new:
-            return False
-        self.z_1xZ[0, d] = new
-        return True
+        return self.apply(np.array([cc]), np.array([value])) > 0
+
+    def apply(self, numbers, values):
+        """Applies CC messages in their order (CC numbers and values, int arrays); returns how many
+        moved the latent. Array work whatever their number: a new CC takes the next free dimension
+        where it first appears, each dimension lands on its last value, and a message moves the
+        latent when its value differs from the one before it on its dimension."""
+        if self.learned < self.capacity:
+            new = numbers[(self.dims[numbers] < 0) & (numbers < MODE_CCS.start)]
+            ccs, first = np.unique(new, return_index=True)
+            ccs = ccs[np.argsort(first)][:self.capacity - self.learned]  # in order of arrival
+            self.dims[ccs] = self.learned + np.arange(len(ccs))
+            self.learned += len(ccs)
+        dims = self.dims[numbers]
+        mapped = dims >= 0
+        order = np.argsort(dims[mapped], kind="stable")  # by dimension, each in arrival order
+        dims, new = dims[mapped][order], self.table_Zx128[dims[mapped], values[mapped]][order]
+        if not len(dims):
+            return 0
+        first = np.r_[True, dims[1:] != dims[:-1]]
+        before = np.r_[new[:1], new[:-1]]
+        before[first] = self.z_1xZ[0, dims[first]]
+        last = np.r_[first[1:], True]
+        self.z_1xZ[0, dims[last]] = new[last]
+        return int(np.count_nonzero(new != before))
 
     def mapping(self):
         """{CC number: latent dimension (1-based)} so far."""
@@ -86,12 +100,13 @@ class Decoder:
 
 
 class Engine:
-    """CC messages in, single-voice SysEx out. `handle` applies one message and counts it; `due`
-    says whether a voice is wanted (the latent moved, or `resend` asked for the voice again);
+    """CC messages in, single-voice SysEx out. `receive` counts and applies a cycle's CCs at once
+    (`handle`: raw messages); `due` says whether a voice is wanted (the latent moved, or `resend`
+    asked for the voice again);
     `update` decodes the newest latent into a preallocated 163-byte dump, timing each decode, or,
     for a resend of an unmoved latent, returns the dump it keeps without decoding again.
     All the moves since the previous decode go out as one voice: those before the newest are
-    counted as superseded. `handle` and `update` may run on two threads (each writes its own
+    counted as superseded. `receive` and `update` may run on two threads (each writes its own
     counters), so a decode that read a latent mid-move is followed by another."""
 
     def __init__(self, model, *, channel=0, ccs=None, span=config.LATENT_SPAN):
@@ -102,24 +117,26 @@ class Engine:
         self.message = bytearray(dx7.single_voice_message(np.zeros(dx7.N_PARAMS, np.uint8), channel))
         self._data = memoryview(self.message)[len(dx7.SINGLE_HEADER):-2]
         self.latency_ms = np.zeros(HISTORY)
-        self.ccs = self.moves = 0  # CC messages received; those that moved the latent (by `handle`)
+        self.ccs = self.moves = 0  # CC messages received; those that moved the latent (by `receive`)
         self.requests = 0  # times `resend` asked for the voice again
         self.updates = self.decodes = 0  # dumps returned by `update`; those decoded (the rest: resends)
         self.superseded = self.resent = 0  # moves never decoded; dumps sent again
         self._moves_done = self._requests_done = 0  # `moves` and `requests` at the last update
         self.decoder(self.controls.z_1xZ)  # the first call of an executable allocates; not in a callback
 
-    def control(self, cc, value):
-        """One CC message (number, value); True when the latent moved."""
-        self.ccs += 1
-        moved = self.controls.control(cc, value)
+    def receive(self, numbers, values):
+        """CC messages (numbers, values: int arrays, in arrival order), counted and applied at
+        once; returns how many moved the latent."""
+        if not len(numbers):
+            return 0
+        self.ccs += len(numbers)
+        moved = self.controls.apply(numbers, values)
         self.moves += moved
         return moved
 
-    def handle(self, data):
-        """One raw MIDI message (bytes); True when it was a CC that moved the latent."""
-        return (len(data) == 3 and data[0] & 0xF0 == 0xB0 and data[1] < 128 and data[2] < 128
-                and self.control(data[1], data[2]))
+    def handle(self, *messages):
+        """Raw MIDI messages (bytes); True when a CC among them moved the latent."""
+        return self.receive(*midi.cc_arrays(messages)) > 0
 
     def resend(self):
         """Asks for the current voice again (it may have been lost); only once one went out."""
@@ -197,14 +214,22 @@ def write_mapping(path, ccs):
 
 
 def summary_line(stats):
-    """What went in and out: voices, CCs, what was superseded, resent or lost, latency, xruns."""
+    """What went in and out: voices, CCs, what was superseded, resent or lost, latency, xruns, and
+    where input may have been lost (JACK: cycles read `late`, buffers `changed` while read, events
+    `dropped` by a full buffer upstream; None where the backend cannot tell)."""
     xruns = stats.get("xruns")
     resent = f" ({stats['resent']} of them again, in case one was lost)" if stats["resent"] else ""
     latency = (f"decode latency p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, "
                f"max {stats['max_ms']:.2f} ms" if stats["decodes"] else "no decodes")
+    counts = [(stats.get(key), what) for key, what in (
+        ("late", "cycles read late"), ("changed", "buffers changed while read"),
+        ("dropped", "events refused by a full buffer upstream"))]
+    lost = ("n/a" if counts[0][0] is None else ", ".join(f"{n} {what}" for n, what in counts if n)
+            or "none seen")
     return (f"sent {stats['sent']} voices{resent} for {stats['ccs']} CCs ({stats['moves']} moves, "
             f"{stats['superseded']} superseded by a newer one before a decode); "
-            f"{stats['failed']} could not be written; {latency}; xruns {'n/a' if xruns is None else xruns}")
+            f"{stats['failed']} could not be written; {latency}; xruns {'n/a' if xruns is None else xruns}; "
+            f"input lost: {lost}")
 
 
 def run(checkpoint=None, *, backend=None, controller=None, synth=None, channel=0, ccs=None, mapping=None,
@@ -260,7 +285,8 @@ def run(checkpoint=None, *, backend=None, controller=None, synth=None, channel=0
             signal.signal(signal.SIGTERM, previous)
     if save_mapping:
         write_mapping(save_mapping, engine.controls.mapping())
-    stats = dict(engine.stats(), xruns=link.xruns, sent=link.sent, failed=link.failed)
+    stats = dict(engine.stats(), xruns=link.xruns, sent=link.sent, failed=link.failed, late=link.late,
+                 changed=link.changed, dropped=link.dropped)
     say(summary_line(stats))
     if link.stopped.is_set():
         raise Error(f"the JACK server went away ({link.reason or 'no reason given'}); start it and "

@@ -1,8 +1,8 @@
 """The MIDI adapters of live control, one per entry of `BACKENDS`, and the one backend rule.
 
-`JackLink` and `RtmidiLink` feed an engine (`live.Engine`: `handle`, `due`, `fresh`, `update`,
-`resend`) the MIDI messages that arrive, send what it returns, and follow their ports when they
-go away and come back (`poll`); each lists ports and sends files too. `choose_backend` is the
+`JackLink` and `RtmidiLink`, on one base `Link`, feed an engine (`live.Engine`: `receive`, `due`,
+`fresh`, `update`, `resend`) the CCs that arrive, send what it returns, and follow their ports when
+they go away and come back (`poll`); each lists ports and sends files too. `choose_backend` is the
 rule every MIDI command uses: JACK when a JACK server is running, else rtmidi; `--backend`
 overrides. libjack's and alsa-lib's own lines stay off the terminal: our Errors say what was
 tried and what to try instead. jack and rtmidi are imported where they are used, so a host
@@ -14,6 +14,8 @@ import re
 import threading
 import time
 
+import numpy as np
+
 from neuraldx7_jax import dx7
 from neuraldx7_jax.errors import Error
 
@@ -21,11 +23,19 @@ RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) a
 SETTLE_CYCLES = 20  # JACK: this many quiet cycles (0.1 s) after a new voice, it goes out once more
 POLL_S = 1.0  # rtmidi: how often the port list is read to follow ports that went away
 INPUT_S = 0.001  # rtmidi: with no MIDI queued, the worker looks again after this long
+INPUT_BATCH = 1024  # rtmidi: the most queued messages the worker applies at once (rtmidi's queue size)
 # rtmidi (`send`): rtmidi does not say when a connection carries messages or when a message has
 # left, and over JACK one written as the connection is made, or just before the port closes, can
 # be lost on a loaded machine; so `send` waits this long after connecting and after the last one.
 SEND_SETTLE_S = 0.2
 SEND_SETTLE_CYCLES = 8  # JACK (`send`): cycles waited after connecting and after the last message
+
+
+def cc_arrays(messages):
+    """(CC numbers, values): int arrays of the control-change messages among raw MIDI messages
+    (any channel), in order."""
+    ccs = [m for m in messages if len(m) == 3 and m[0] & 0xF0 == 0xB0 and m[1] < 128 and m[2] < 128]
+    return np.array([m[1] for m in ccs], np.int64), np.array([m[2] for m in ccs], np.int64)
 
 
 def match_port(pattern, names, role):
@@ -214,7 +224,90 @@ def _rtmidi_close(midi):
     midi.delete()
 
 
-class JackLink:
+class JackInput:
+    """A JACK MIDI input port's CCs, taken out of its buffer at the start of the process callback
+    with array work that does not grow with the number of events in Python.
+
+    In JACK2 an input port reads the writer's buffer in place, and the writer clears it in its
+    next cycle, which on an asynchronous server may start while this cycle's callback still runs;
+    going through a full buffer (about 2,700 CCs) one event at a time in Python takes longer than
+    a period, and jack-client's iterator then stops silently. So `read` copies the buffer (one
+    memmove), checks that it did not change during the copy (else copies it again and counts it
+    in `changed`), and picks the 3-byte CC events out of the copy with numpy. It knows JACK2's
+    buffer layout (a header, then 12-byte events with up to 4 bytes inline) by its magic number;
+    another layout (JACK1) is read through jack-client's iterator. `late` counts the reads that
+    did not start one period after the one before (the server's cycle had moved on: the writer
+    may have cleared the buffer first), `dropped` the events that the writers upstream could not
+    put in the buffer (JACK's lost-event count)."""
+
+    MAGIC = 0x900DF00D  # JACK2's JackMidiBuffer: magic, size, frames, write_pos, events, lost (uint32)
+    HEADER, EVENT = 24, 12  # bytes of its header and of each event (time, size, 4 data bytes)
+    TRIES = 3  # copies of a buffer that keeps changing before the last is taken as it is
+
+    def __init__(self, port, client, jack):
+        self.port, self.client, self._ffi, self._lib = port, client, jack._ffi, jack._lib
+        self.changed = self.dropped = self.late = 0
+        self._frame = None  # the cycle's first frame at the last read
+        self._copy = np.zeros(1 << 15, np.uint8)  # grown (once) to the server's MIDI buffer size
+
+    def read(self):
+        """(CC numbers, values): int arrays of this cycle's CC messages, in order."""
+        frame, blocksize = self.client.last_frame_time, self.client.blocksize
+        if self._frame is not None and (frame - self._frame) % 2 ** 32 != blocksize:
+            self.late += 1
+        self._frame = frame
+        buf = self._lib.jack_port_get_buffer(self.port._ptr, blocksize)
+        header = self._ffi.cast("uint32_t *", buf)
+        if header[0] != self.MAGIC:
+            return cc_arrays([bytes(data) for _, data in self.port.incoming_midi_events()])
+        size = header[1]
+        if size > len(self._copy):
+            self._copy = np.zeros(size, np.uint8)
+        live = np.frombuffer(self._ffi.buffer(buf, size), np.uint8)
+        changed = False
+        for _ in range(self.TRIES):
+            events = header[4]
+            count = min(events, (size - self.HEADER) // self.EVENT)
+            used = self.HEADER + count * self.EVENT
+            np.copyto(self._copy[:used], live[:used])
+            if header[4] == events and np.array_equal(self._copy[:used], live[:used]):
+                break
+            changed = True
+        self.changed += changed
+        self.dropped += int(self._copy[20:24].view(np.uint32)[0])
+        events = self._copy[self.HEADER:used].reshape(count, self.EVENT)
+        sizes, data = events[:, 4:8].view(np.uint32)[:, 0], events[:, 8:11]
+        cc = (sizes == 3) & (data[:, 0] & 0xF0 == 0xB0) & (data[:, 1] < 128) & (data[:, 2] < 128)
+        return data[cc, 1].astype(np.int64), data[cc, 2].astype(np.int64)
+
+
+class Link:
+    """What the adapters share. Each feeds an engine the messages that arrive and sends what it
+    returns, counting voices `sent` and those that `failed`; `stopped` is set (with a `reason`)
+    when the backend goes away. Each defines `poll` (lines saying what changed in its ports),
+    `ports` (our two ports' names), `close`, and the static `list_ports` and `send_messages`.
+    `xruns`, `late`, `changed` and `dropped` (where input may have been lost: see `JackInput`) are
+    None where the backend cannot count them."""
+
+    xruns = late = changed = dropped = None
+
+    def __init__(self, engine, controller, synth):
+        """`controller` and `synth`: the `Follow`s of our two ports."""
+        self.engine, self.sent, self.failed = engine, 0, 0
+        self.stopped, self.reason = threading.Event(), None
+        self._controller, self._synth = controller, synth
+
+    controller = property(lambda self: self._controller.name)
+    synth = property(lambda self: self._synth.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class JackLink(Link):
     """The JACK adapter: a client with a MIDI input `control` and output `synth`. Each cycle its
     process callback applies the cycle's CCs and, when the engine has something due, writes one
     voice: the newest. After an xrun (up to RESEND_CYCLES after a new voice), a failed write or the
@@ -227,15 +320,14 @@ class JackLink:
     def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
         """`api` is rtmidi's and unused here, so that both adapters open alike."""
         jack = _jack()
-        self.engine, self.xruns, self.sent, self.failed = engine, 0, 0, 0
-        self.stopped = threading.Event()  # set when the JACK server goes away
-        self.reason = None
-        self._xruns_seen = self._cycle = 0
+        self.xruns = 0
+        self._xruns_seen = self.cycles = 0  # cycles: process callbacks run so far
         self._new_at = -RESEND_CYCLES  # the cycle of the last new voice
         self.reconnects = self._reconnects_seen = 0  # the synth came back: send it the voice
         self._changed = threading.Event()  # a port came or went
         self.client = client = _jack_client(name, jack)
         self.inport = client.midi_inports.register("control")
+        self.input = JackInput(self.inport, client, jack)
         self.outport = client.midi_outports.register("synth")
         client.set_process_callback(self._process)
         client.set_xrun_callback(self._xrun)
@@ -244,9 +336,9 @@ class JackLink:
         self._jack_error = jack.JackError
         try:
             sources, destinations = _jack_ports(client)
-            self._controller = Follow("controller", controller, controller and match_port(
-                controller, sources, "source"))
-            self._synth = Follow("synth", synth, synth and match_port(synth, destinations, "destination"))
+            super().__init__(engine, Follow("controller", controller, controller and match_port(
+                controller, sources, "source")), Follow("synth", synth, synth and match_port(
+                    synth, destinations, "destination")))
             client.activate()
             if self.controller:
                 client.connect(self.controller, self.inport)
@@ -256,28 +348,28 @@ class JackLink:
             client.close()
             raise
 
-    controller = property(lambda self: self._controller.name)
-    synth = property(lambda self: self._synth.name)
+    late = property(lambda self: self.input.late)  # cycles whose input was read late
+    changed = property(lambda self: self.input.changed)  # input buffers that changed while read
+    dropped = property(lambda self: self.input.dropped)  # events a full buffer refused upstream
 
     def _process(self, frames):
         engine = self.engine
-        for _, data in self.inport.incoming_midi_events():
-            engine.handle(bytes(data))
-        self._cycle += 1
+        engine.receive(*self.input.read())
+        self.cycles += 1
         if self.xruns != self._xruns_seen:
             self._xruns_seen = self.xruns
-            if self._cycle - self._new_at <= RESEND_CYCLES:
+            if self.cycles - self._new_at <= RESEND_CYCLES:
                 engine.resend()
-        if self._cycle - self._new_at == SETTLE_CYCLES:
+        if self.cycles - self._new_at == SETTLE_CYCLES:
             engine.resend()
         if self.reconnects != self._reconnects_seen:
             self._reconnects_seen = self.reconnects
-            self._new_at = self._cycle  # a port that came back: as a new voice for the resends above
+            self._new_at = self.cycles  # a port that came back: as a new voice for the resends above
             engine.resend()
         self.outport.clear_buffer()
         if engine.due():
             if engine.fresh():
-                self._new_at = self._cycle
+                self._new_at = self.cycles
             try:
                 self.outport.write_midi_event(0, engine.update())
                 self.sent += 1
@@ -324,12 +416,6 @@ class JackLink:
         except self._jack_error:  # the server is gone
             pass
         self.client.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @staticmethod
     def list_ports(api=None):
@@ -384,9 +470,9 @@ class JackLink:
             client.close()
 
 
-class RtmidiLink:
+class RtmidiLink(Link):
     """The rtmidi adapter. A worker thread reads what the controller's port has queued, applies
-    the CCs, then decodes and sends whatever is due, so a flood of CCs costs one decode per pass,
+    the CCs at once, then decodes and sends whatever is due, so a flood of CCs costs one decode per pass,
     always of the newest position; with nothing queued it looks again after INPUT_S. An unnamed
     port is opened as a virtual one for the user to connect; a named one that goes away is looked
     for again every POLL_S (`poll`).
@@ -397,9 +483,7 @@ class RtmidiLink:
     waits on."""
 
     def __init__(self, engine, *, controller=None, synth=None, api=None, name="neuraldx7"):
-        self.engine, self.xruns, self.sent, self.failed = engine, None, 0, 0
         self.name = name
-        self.stopped = threading.Event()  # rtmidi never stops by itself
         self._closing, self._lock = False, threading.Lock()  # the lock: the ports, worker or poll
         self._polled = time.monotonic()
         self.output, synth_name = _rtmidi_open("out", api, name, synth, "synth", "destination")
@@ -408,22 +492,21 @@ class RtmidiLink:
         except BaseException:
             _rtmidi_close(self.output)
             raise
-        self._synth = Follow("synth", synth, synth_name)
-        self._controller = Follow("controller", controller, controller_name)
+        super().__init__(engine, Follow("controller", controller, controller_name),
+                         Follow("synth", synth, synth_name))
         self.input.ignore_types(sysex=True, timing=True, active_sense=True)
         self._worker = threading.Thread(target=self._work, daemon=True)
         self._worker.start()
 
-    controller = property(lambda self: self._controller.name)
-    synth = property(lambda self: self._synth.name)
-
     def _work(self):
         errors = _rtmidi_errors()
         while not self._closing:
+            messages = []
             with self._lock:
-                event = self.input.get_message()
-            if event is not None:
-                self.engine.handle(event[0])
+                while len(messages) < INPUT_BATCH and (event := self.input.get_message()) is not None:
+                    messages.append(event[0])
+            if messages:
+                self.engine.receive(*cc_arrays(messages))
                 continue  # everything queued first: one decode, of the newest position
             if not self.engine.due():
                 time.sleep(INPUT_S)
@@ -467,12 +550,6 @@ class RtmidiLink:
         self._worker.join()
         _rtmidi_close(self.input)
         _rtmidi_close(self.output)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @staticmethod
     def list_ports(api=None):

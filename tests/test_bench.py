@@ -59,6 +59,7 @@ def test_bench_times_a_changed_config_and_rejects_a_bad_change(capsys):
     assert "bad override 'model.width=3'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_original_runs_both_and_prints_the_ratio():
     missing = [what for what, ok in ((str(TIMER), TIMER.is_file()), (SRC, os.path.isdir(SRC))) if not ok]
     try:
@@ -82,6 +83,7 @@ def test_compare_original_runs_both_and_prints_the_ratio():
     assert "decode1_p50_ms" in proc.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_step_bound_times_the_step_with_and_without_attention():
     """tools/step_bound.py: the FLOPs it takes away are attention's: its six batched matmuls per
     layer (Q K^T, weights V, and their gradients) plus the softmax, nothing of the dense layers."""
@@ -95,4 +97,8 @@ def test_step_bound_times_the_step_with_and_without_attention():
     m = config.preset("small").model
     matmuls = 3 * 2 * 2 * 4 * dx7.N_PARAMS ** 2 * m.features * 2 * m.layers / 1e9  # fwd + 2x bwd, enc + dec
     assert matmuls <= attention_gflop < 1.1 * matmuls
-    assert min(ceiling, rate, free_rate, attention_rate, bound) > 0
+    assert min(ceiling, rate, free_rate, bound) > 0
+    # attention's GFLOP/s (attention_rate) is its FLOPs over the difference of two step times timed
+    # apart: on a shared CPU the step without attention can time slower than the one with it (-124.4
+    # seen), so its sign is not asserted (speed is reported, never asserted)
+    assert math.isfinite(attention_rate)

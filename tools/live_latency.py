@@ -7,11 +7,13 @@ asynchronous, as a user runs it), a controller client (in a process of its own) 
 of 4 knobs every cycle for --cycles cycles and a synth client that counts what it receives, and
 connects a `midi.JackLink` around a `live.Engine` of the model (the bundled one by default)
 between them. Prints and writes (--json) the decode latency p50/p99/max inside the process
-callback, the decodes longer than the period, the xruns JACK counted, CCs and voices sent and
-received, and whether the synth's last voice is the engine's final one.
+callback, the decodes longer than the period, the xruns JACK counted, the input the link may have
+lost (`late`, `changed`, `dropped`: see `midi.JackInput`), CCs and voices sent and received, and
+whether the synth's last voice is the engine's final one.
 Needs jackd (apt-get install jackd2).
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -129,8 +131,10 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
             peers.stdin.close()
             peers.wait(10)
         server.terminate()
-        server.wait(10)
+        server.wait(30)
         shutil.rmtree(logs)
+        for path in glob.glob(f"/dev/shm/jack*_{glob.escape(name)}_*"):  # what a killed client left
+            os.remove(path)
     stats = engine.stats()
     period_ms = period / rate * 1e3
     ms = engine.latency_ms[:min(engine.decodes, live.HISTORY)]
@@ -139,7 +143,8 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
                 cycles=cycles, seconds=round(seconds, 2), rate=rate, period=period, period_ms=round(period_ms, 3),
                 ccs=stats["ccs"], moves=stats["moves"], decodes=stats["decodes"], superseded=stats["superseded"],
                 resent=stats["resent"], p50_ms=stats["p50_ms"], p99_ms=stats["p99_ms"], max_ms=stats["max_ms"],
-                decodes_over_period=int((ms > period_ms).sum()), xruns=link.xruns, sent=link.sent,
+                decodes_over_period=int((ms > period_ms).sum()), xruns=link.xruns, late=link.late,
+                changed=link.changed, dropped=link.dropped, sent=link.sent,
                 failed=link.failed, received=received, ccs_sent=sent_ccs,
                 final_voice_arrived=last == bytes(engine.message).hex())
 
