@@ -18,7 +18,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from neuraldx7_jax import checkpoint, dx7, features, sample
+from neuraldx7_jax import checkpoint, devices, dx7, features
 from neuraldx7_jax import config as config_lib
 from neuraldx7_jax.config import Config
 from neuraldx7_jax.errors import Error
@@ -110,13 +110,13 @@ def make_train_step(cfg, mesh):
     t = cfg.train
     per_device = t.batch_size // mesh.devices.size
     most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)
-    k = sample.pieces(per_device, most)
+    k = devices.pieces(per_device, most)
     grad_fn = _grad_fn(cfg)
 
     def train_step(state, x_BxN, key):
         eps = jax.random.normal(jax.random.fold_in(key, state.step), (x_BxN.shape[0], cfg.model.latent))
         b = beta(state.step, t.beta_temp)
-        xs, epss = sample.split_rows(x_BxN, k), sample.split_rows(eps, k)
+        xs, epss = devices.split_rows(x_BxN, k), devices.split_rows(eps, k)
 
         def add(total, piece):
             return jax.tree.map(lambda a, o: a + o / k, total, grad_fn(state.params, *piece, b)), None
@@ -218,7 +218,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
     train_voices, val_voices = dataset["train"], dataset["validation"]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = sample.make_mesh(cfg.model)
+    mesh = devices.make_mesh(cfg.model)
     n_dev = mesh.devices.size
     if n_dev < jax.device_count():
         announce(f"training on one of the {jax.device_count()} CPU devices: a model this wide "
