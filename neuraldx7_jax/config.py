@@ -10,6 +10,8 @@ import dataclasses
 NEW_VOICE_TEMPERATURE = 1.0
 # Live control's CCs and the page's sliders sweep mean -/+ LATENT_SPAN std of each latent dimension.
 LATENT_SPAN = 3.0
+# Seconds a process of a multi-process run may stay silent before the others stop (JAX's default).
+HEARTBEAT_S = 100
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Jitted samplers: prior draws (N(0, I), the fitted prior, or near given voices), decoding
 latents, encoding voices.
 
-Every batched sampler runs fixed-size batches sharded over all devices (the 1-D `data` mesh of
-`devices.make_mesh`) and streams them to the host one batch behind the device, so memory stays
+Every batched sampler runs fixed-size batches sharded over this process's devices
+(`devices.shardings`) and streams them to the host one batch behind the device, so memory stays
 bounded whatever the count. Noise is drawn in blocks of BLOCK rows, block i from
 `fold_in(key, i)` in one call, so a seed gives the same voices whatever the batch size and the
 number of devices, and the first n voices of a longer request are the n voices of a shorter one.
@@ -107,7 +107,7 @@ def _rows_per_call(count, batch):
     batch = default_batch() if batch is None else batch
     if batch < 1:
         raise Error(f"the batch size must be positive, got {batch}")
-    step = math.lcm(BLOCK, jax.device_count())
+    step = math.lcm(BLOCK, jax.local_device_count())
     most = -(-batch // step) * step
     return min(most, step * 2 ** math.ceil(math.log2(max(1, -(-count // step)))))
 
@@ -146,7 +146,7 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
         u_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
                              lambda k: jax.random.uniform(k, (BLOCK, dx7.N_PARAMS)))
         u_BxN = jax.lax.with_sharding_constraint(u_BxN, devices.shardings()[0])
-    per_device = z_BxZ.shape[0] // jax.device_count()
+    per_device = z_BxZ.shape[0] // jax.local_device_count()
     k = devices.pieces(per_device, piece_rows(model_cfg) if jax.default_backend() == "cpu" else per_device)
     parts = (devices.split_rows(z_BxZ, k), None if greedy else devices.split_rows(u_BxN, k))
     voices = jax.lax.map(lambda zu: _pick(decode_logits(model_cfg, params, zu[0]), zu[1], temperature), parts)
@@ -226,11 +226,12 @@ def _check_temperature(temperature):
 
 
 def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, latents=False, prior=None,
-                        endless=False):
+                        endless=False, first_block=0):
     """Yields `count` voices z ~ prior -> decoder, as (<= batch, 155) uint8 chunks (with `latents`,
     (z, voices) pairs); `endless` goes on past `count` (then only the call size). `prior`: see
     `prior_of` (default: the fitted prior when the model has one). temperature 0 is argmax, else
-    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps."""
+    softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps.
+    `first_block` starts the stream at row BLOCK * first_block of the seed's (a process's share)."""
     temperature = _check_temperature(temperature)
     prior = prior_of(model, prior)
     rows = _rows_per_call(count, batch)
@@ -238,7 +239,7 @@ def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, la
     params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
     mean, chol = (jax.device_put(jnp.asarray(a), devices.shardings()[1]) for a in (prior.mean, prior.chol))
     run = functools.partial(fn, params, mean, chol, keys["latent"], keys["value"])
-    for z, voices in _stream(lambda s: run(s // BLOCK, t), 1 << 62 if endless else count, rows):
+    for z, voices in _stream(lambda s: run(first_block + s // BLOCK, t), 1 << 62 if endless else count, rows):
         yield (z, voices) if latents else voices
 
 
