@@ -112,8 +112,8 @@ def rows(mesh, x):
     """The global batch `x` (the same in every process) split over `mesh`'s `data` axis: each
     process places only its own rows."""
     sharding = NamedSharding(mesh, P("data"))
-    per = len(x) // jax.process_count()
-    return jax.make_array_from_process_local_data(sharding, x[jax.process_index() * per:(jax.process_index() + 1) * per])
+    per, p = len(x) // jax.process_count(), jax.process_index()
+    return jax.make_array_from_process_local_data(sharding, x[p * per:(p + 1) * per])
 
 
 def share(count, unit=1):
@@ -131,9 +131,9 @@ def gather(x):
     if jax.process_count() == 1:
         return x
     from jax.experimental.multihost_utils import process_allgather
-    as_bytes = x.reshape(len(x), math.prod(x.shape[1:])).view(np.uint8)  # any dtype: JAX would cut 64-bit ones to 32
+    row = math.prod(x.shape[1:])
     sizes = process_allgather(np.array([len(x)], np.int32))[:, 0]
-    padded = np.zeros((int(sizes.max()), x.itemsize * math.prod(x.shape[1:])), np.uint8)
-    padded[:len(x)] = as_bytes
+    padded = np.zeros((int(sizes.max()), x.itemsize * row), np.uint8)  # as bytes: JAX would cut 64-bit types
+    padded[:len(x)] = x.reshape(len(x), row).view(np.uint8)
     parts = process_allgather(padded)
     return np.concatenate([part[:k] for part, k in zip(parts, sizes)]).view(x.dtype).reshape(-1, *x.shape[1:])
