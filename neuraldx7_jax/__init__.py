@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # every core (XLA alone keeps this model's small ops on about one; docs/performance.md). Set
 # before JAX is imported; JAX_NUM_CPU_DEVICES (JAX_NUM_CPU_DEVICES=1: one device) or a forced
 # device count in XLA_FLAGS overrides it. Accelerator hosts are not affected. CORES_CHOSEN says
-# the count was chosen here: only then does `sample.make_mesh` train wide models on one device.
+# the count was chosen here: only then does `devices.make_mesh` train wide models on one device.
 CORES_CHOSEN = "JAX_NUM_CPU_DEVICES" not in os.environ and "device_count" not in os.environ.get("XLA_FLAGS", "")
 if CORES_CHOSEN:
     os.environ["JAX_NUM_CPU_DEVICES"] = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")

@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from neuraldx7_jax import config as config_lib
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, sample, train
+from neuraldx7_jax import devices, dx7, sample, train
 from neuraldx7_jax.errors import Error
 
 
@@ -23,7 +23,7 @@ def time_train(cfg, batch, steps=10):
     """Samples per second of the full train step (forward, backward, AdamW), after warm-up."""
     cfg = cfg.replace(batch_size=batch)
     state = train.init_state(cfg, 0)
-    step = train.make_train_step(cfg, sample.make_mesh(cfg.model))
+    step = train.make_train_step(cfg, devices.make_mesh(cfg.model))
     x, key = jnp.asarray(random_voices(batch)), jax.random.key(0)
     for _ in range(2):
         state, metrics = step(state, x, key)
@@ -102,7 +102,7 @@ def run(config="small", *, batch=32, sample_batch=1024, sample_seconds=10.0, wha
                params=int(sum(p.size for p in jax.tree.leaves(model.params))))
     if "train" in what:
         announce(f"train: compiling the step, then timing 10 steps of batch {batch}")
-        out["train_devices"] = sample.make_mesh(cfg.model).devices.size  # one for wide models on a CPU
+        out["train_devices"] = devices.make_mesh(cfg.model).devices.size  # one for wide models on a CPU
         out["train_samples_per_s"] = time_train(cfg, batch)
         # how close the step comes to the machine: its arithmetic rate beside a lone matmul's at
         # the dense layers' shape (every voice's 155 rows, F -> 3F), rows split over the same devices

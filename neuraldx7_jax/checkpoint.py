@@ -173,12 +173,16 @@ def _restore(path, step=None):
         raise Error(f"{path}: no such checkpoint directory")
     try:
         handlers = {k: h() for k, h in _HANDLERS.items()}
-        with ocp.CheckpointManager(folder, item_handlers=handlers) as mngr:
+        alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                   active_processes={jax.process_index()})
+        options = ocp.CheckpointManagerOptions(create=False, multiprocessing_options=alone)
+        with ocp.CheckpointManager(folder, options=options, item_handlers=handlers) as mngr:
             step = mngr.latest_step() if step is None else step
             if step is None:
                 raise Error(f"{path}: no checkpoint found in {folder}")
-            # onto this process's first device, whatever devices the run that saved it had
-            here = SingleDeviceSharding(jax.devices()[0])
+            # onto this process's first device, whatever devices the run that saved it had; read
+            # by this process alone (every process of a multi-host run loads its own copy)
+            here = SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
                                   mngr.item_metadata(step)["params"])
             restored = mngr.restore(step, args=ocp.args.Composite(

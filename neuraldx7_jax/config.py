@@ -17,6 +17,8 @@ DECODE_PASSES = 8
 LIVE_PASSES = 2
 # Live control's CCs and the page's sliders sweep mean -/+ LATENT_SPAN std of each latent dimension.
 LATENT_SPAN = 3.0
+# Seconds a process of a multi-process run may stay silent before the others stop (JAX's default).
+HEARTBEAT_S = 100
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Jitted samplers: prior draws (from a `priors.Prior`), decoding
-latents, encoding voices, and the device and row helpers they and training share.
+latents, encoding voices.
 
-Every batched sampler runs fixed-size batches sharded over all devices (the 1-D `data` mesh of
-`make_mesh`) and streams them to the host one batch behind the device, so memory stays
+Every batched sampler runs fixed-size batches sharded over this process's devices
+(`devices.shardings`) and streams them to the host one batch behind the device, so memory stays
 bounded whatever the count. Noise is drawn in blocks of BLOCK rows, block i from
 `fold_in(key, i)` in one call, so a seed gives the same voices whatever the batch size and the
 number of devices, and the first n voices of a longer request are the n voices of a shorter one.
@@ -15,19 +15,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-import neuraldx7_jax
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import data, dx7, names, priors
+from neuraldx7_jax import data, devices, dx7, names, priors
 from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
 BLOCK = 32  # rows per noise block (one cartridge); block i draws from fold_in(key, i)
-
-
-
 
 PIECE_BYTES = 4 << 20
 
@@ -88,46 +83,6 @@ def _voices(model_cfg, params, z_BxZ, u_BxN, order_BxN, temperature, passes):
     return unmask(model_cfg, params, z_BxZ, x, hidden, u_BxN, order, temperature, passes)
 
 
-# From this width up, a model's matmuls already keep every core of a CPU busy, and one device
-# trains faster than one per core (`original`, F=512: 1.12x on a 2-core Xeon; `small`, F=128, and
-# `bundled`, F=64, are 1.14x and 1.26x faster on two; docs/performance.md).
-ONE_DEVICE_FEATURES = 512
-
-
-def make_mesh(model=None):
-    """A 1-D mesh over every device of every host; the batch is split on its `data` axis. Given
-    the `model` config to train, a CPU host where the device count was not set by the user
-    (`neuraldx7_jax.CORES_CHOSEN`) gets a mesh of one device for a model of at least
-    `ONE_DEVICE_FEATURES` features."""
-    devices = jax.devices()
-    if (model is not None and model.features >= ONE_DEVICE_FEATURES and neuraldx7_jax.CORES_CHOSEN
-            and jax.default_backend() == "cpu" and jax.process_count() == 1):
-        devices = devices[:1]
-    return Mesh(np.array(devices), ("data",))
-
-
-def pieces(rows, most):
-    """The fewest equal pieces `rows` splits into with at most `most` rows each."""
-    return next(k for k in range(1, rows + 1) if rows % k == 0 and rows // k <= most)
-
-
-def split_rows(x, k):
-    """(B, ...) -> (k, B / k, ...); piece i holds rows i, i + k, ..., so every piece of a
-    batch-sharded array keeps its rows on their devices (B / k a multiple of the devices)."""
-    return jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1)
-
-
-def join_rows(y):
-    """The inverse of `split_rows`."""
-    return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
-
-
-@functools.lru_cache(maxsize=None)
-def _shardings():
-    mesh = make_mesh()
-    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-
-
 def default_batch():
     """Rows per device call when none is given: 256 on CPU (faster than larger calls there), 4096
     on accelerators."""
@@ -140,7 +95,7 @@ def _rows_per_call(count, batch):
     batch = default_batch() if batch is None else batch
     if batch < 1:
         raise Error(f"the batch size must be positive, got {batch}")
-    step = math.lcm(BLOCK, jax.device_count())
+    step = math.lcm(BLOCK, jax.local_device_count())
     most = -(-batch // step) * step
     return min(most, step * 2 ** math.ceil(math.log2(max(1, -(-count // step)))))
 
@@ -178,16 +133,16 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
     if not greedy:
         u_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
                              lambda k: jax.random.uniform(k, (BLOCK, dx7.N_PARAMS)))
-        u_BxN = jax.lax.with_sharding_constraint(u_BxN, _shardings()[0])
+        u_BxN = jax.lax.with_sharding_constraint(u_BxN, devices.shardings()[0])
         if model_cfg.decoder == "masked":
             order_BxN = _block_noise(value_key, first_block, z_BxZ.shape[0] // BLOCK,
                                      lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (BLOCK, dx7.N_PARAMS)))
-            order_BxN = jax.lax.with_sharding_constraint(order_BxN, _shardings()[0])
-    per_device = z_BxZ.shape[0] // jax.device_count()
-    k = pieces(per_device, piece_rows(model_cfg) if jax.default_backend() == "cpu" else per_device)
-    parts = tuple(None if a is None else split_rows(a, k) for a in (z_BxZ, u_BxN, order_BxN))
+            order_BxN = jax.lax.with_sharding_constraint(order_BxN, devices.shardings()[0])
+    per_device = z_BxZ.shape[0] // jax.local_device_count()
+    k = devices.pieces(per_device, piece_rows(model_cfg) if jax.default_backend() == "cpu" else per_device)
+    parts = tuple(None if a is None else devices.split_rows(a, k) for a in (z_BxZ, u_BxN, order_BxN))
     voices = jax.lax.map(lambda p: _voices(model_cfg, params, *p, temperature, DECODE_PASSES), parts)
-    return join_rows(voices)
+    return devices.join_rows(voices)
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,7 +157,7 @@ def _prior_fn(model_cfg, rows, greedy):
         c = _block_noise(jax.random.split(latent_key)[0], first_block, rows // BLOCK,
                          lambda k: jax.random.categorical(k, log_w, shape=(BLOCK,)))
         z = means[c] + jnp.einsum("bj,bij->bi", eps, chols[c])
-        z = jax.lax.with_sharding_constraint(z, _shardings()[0])  # (rows, Z)
+        z = jax.lax.with_sharding_constraint(z, devices.shardings()[0])  # (rows, Z)
         return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
 
@@ -223,21 +178,21 @@ def _encode_fn(model_cfg):
     def fn(params, x_BxN, key, first_block, spread):
         eps = _block_noise(key, first_block, x_BxN.shape[0] // BLOCK,
                            lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
-        eps = jax.lax.with_sharding_constraint(spread * eps, _shardings()[0])
+        eps = jax.lax.with_sharding_constraint(spread * eps, devices.shardings()[0])
         out = vae.apply({"params": params}, x_BxN, eps, method=vae.encode)
         return {k: out[k] for k in ("mu", "sigma", "z0", "zk")}
     return jax.jit(fn)
 
 
 def _replicated(params):
-    return jax.device_put(params, _shardings()[1])
+    return jax.device_put(params, devices.shardings()[1])
 
 
 def _rows_on_devices(array, start, rows):
     """array[start:start + rows], zero-padded to `rows`, split over the devices."""
     part = np.asarray(array[start:start + rows])
     part = np.pad(part, ((0, rows - len(part)),) + ((0, 0),) * (part.ndim - 1))
-    return jax.device_put(part, _shardings()[0])
+    return jax.device_put(part, devices.shardings()[0])
 
 
 def _stream(run, count, rows):
@@ -268,21 +223,22 @@ def _check_temperature(temperature):
 
 
 def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, latents=False, prior=None,
-                        endless=False):
+                        endless=False, first_block=0):
     """Yields `count` voices z ~ prior -> decoder, as (<= batch, 155) uint8 chunks (with `latents`,
     (z, voices) pairs); `endless` goes on past `count` (then only the call size). `prior`: see
     `priors.prior_of` (default: the mixture prior when the model has one). temperature 0 is argmax, else
     softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps
-    (of the drawn component, for a mixture)."""
+    (of the drawn component, for a mixture). `first_block` starts the stream at row BLOCK *
+    first_block of the seed's (a process's share)."""
     temperature = _check_temperature(temperature)
     prior = priors.prior_of(model, prior)
     rows = _rows_per_call(count, batch)
     fn = _prior_fn(model.config.model, rows, temperature == 0)
     params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
     mixture = (np.log(prior.weights), prior.means, prior.chols)
-    run = functools.partial(fn, params, *(jax.device_put(jnp.asarray(a, jnp.float32), _shardings()[1]) for a in mixture),
-                            keys["latent"], keys["value"])
-    for z, voices in _stream(lambda s: run(s // BLOCK, t), 1 << 62 if endless else count, rows):
+    run = functools.partial(fn, params, *(jax.device_put(jnp.asarray(a, jnp.float32), devices.shardings()[1])
+                                          for a in mixture), keys["latent"], keys["value"])
+    for z, voices in _stream(lambda s: run(first_block + s // BLOCK, t), 1 << 62 if endless else count, rows):
         yield (z, voices) if latents else voices
 
 
@@ -550,7 +506,7 @@ def mutate(model, voices, *, amount=0.3, keep=(), count=32, seed=0):
 
     def draw(i, share, call):
         rows = (voices[i], z[i], mutable, np.float32(share))
-        args = (jax.device_put(np.repeat(np.asarray(a)[None], MUTATION_ROWS, axis=0), _shardings()[0]) for a in rows)
+        args = (jax.device_put(np.repeat(np.asarray(a)[None], MUTATION_ROWS, axis=0), devices.shardings()[0]) for a in rows)
         return np.asarray(fn(params, *args, key["value"], (i * calls + call) * (MUTATION_ROWS // BLOCK)))
 
     def changed(mutants, i):

@@ -12,21 +12,27 @@ from tqdm import tqdm
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data as data_lib
-from neuraldx7_jax import dx7, names, priors, sample, train
-from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
+from neuraldx7_jax import devices, dx7, names, priors, sample, train
+from neuraldx7_jax.config import HEARTBEAT_S, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
 
 def duplicates(checkpoint=None, *, samples=65536, batch=None, temperature=NEW_VOICE_TEMPERATURE, seed=0, data=None, prior=None,
-               audio=None, progress=True):
+               audio=None, progress=True, distributed=False, coordinator=None, num_processes=None, process_id=None,
+               heartbeat_s=HEARTBEAT_S):
     """`duplicates_study` of the model in `checkpoint` (`checkpoint.load`) against its training
     voices (`training_voices`); with `audio` N, also the audible fraction of N of its samples
     rendered in Dexed (`audio.audibility`). Adds `dataset`, `training_voices` (their count, or
-    None) and `note` (why novelty is not measured against the voices themselves, or None)."""
+    None) and `note` (why novelty is not measured against the voices themselves, or None).
+    A multi-process run first joins its processes (`devices.initialize`), shares the samples
+    among them, and returns the merged figures in process 0, None in the others."""
+    devices.initialize(distributed, coordinator, num_processes, process_id, heartbeat_s)
     model = checkpoint_lib.load(checkpoint)
     training, path, why = training_voices(model, data)
     result = duplicates_study(model, samples, batch=batch, temperature=temperature, seed=seed,
                               training=training, progress=progress, prior=prior)
+    if jax.process_index():
+        return None
     result.update(dataset=path, note=why, training_voices=None if training is None else len(training))
     if audio:
         from neuraldx7_jax import audio as audio_lib
@@ -84,8 +90,12 @@ class DistinctCounter:
             self._pending, self._n_pending = [], 0
 
     def __len__(self):
+        return len(self.keys())
+
+    def keys(self):
+        """(distinct, 2) uint64: the sorted keys of the distinct rows."""
         self._merge()
-        return len(self._keys)
+        return self._keys
 
 
 class RowSet:
@@ -117,11 +127,12 @@ class RowSet:
         return found
 
 
-def count_uniqueness(chunks, *, training=None, training_keys=None):
+def count_uniqueness(chunks, *, training=None, training_keys=None, across_processes=False):
     """Uniqueness of a stream of (n, 155) voice chunks: samples, distinct (over the 155 values),
     valid, estimated audible (`dx7.estimated_silent`), and given the training voices, novel (no
     training voice equal on the 145 non-name values) and training_copies (equal on all 155);
-    given only their `training_keys` (`training_facts`), novel. Fractions are of the samples."""
+    given only their `training_keys` (`training_facts`), novel. Fractions are of the samples.
+    `across_processes`: each process counted its own chunks; the figures are of them all."""
     distinct = DistinctCounter()
     same_params = RowSet(training[:, dx7.NON_NAME]) if training is not None else None
     same_voice = RowSet(training) if training is not None else None
@@ -137,6 +148,10 @@ def count_uniqueness(chunks, *, training=None, training_keys=None):
         elif training_keys is not None:
             novel += int((~np.isin(data_lib.row_keys(voices[:, dx7.NON_NAME])[:, 0], training_keys)).sum())
     d = len(distinct)
+    if across_processes:
+        n, valid, novel, copies, audible = (int(v) for v in devices.gather(
+            np.array([[n, valid, novel, copies, audible]], np.int64)).sum(0))
+        d = len(_unique_keys(devices.gather(distinct.keys())))
     knows_novelty = training is not None or training_keys is not None
     return dict(samples=n, distinct=d, unique_fraction=d / n if n else None,
                 valid_fraction=valid / n if n else None,
@@ -160,25 +175,30 @@ def duplicates_study(model, samples, *, batch=None, temperature=NEW_VOICE_TEMPER
                      prior=None):
     """The original's uniqueness study: `samples` voices drawn from `prior` (`prior_of`) and
     counted by `count_uniqueness` (novelty against `training` voices, or else the training keys
-    stored with the model), plus timing (`throughput` in samples/s, compilation excluded)."""
+    stored with the model), plus timing (`throughput` in samples/s, compilation excluded). In a
+    multi-process run each process draws its share of the seed's blocks (`devices.share`) and
+    the counts are merged: the figures are one process's."""
     if samples < 1:
         raise Error(f"the sample count must be positive, got {samples}")
     batch = sample.default_batch() if batch is None else batch
     prior = priors.prior_of(model, prior)
+    first, mine = devices.share(samples, sample.BLOCK)
     t0 = time.perf_counter()
     draw = dict(temperature=temperature, seed=seed, batch=batch, prior=prior)
-    next(sample.sample_prior_chunks(model, min(samples, batch), **draw))  # compiles
+    if mine:
+        next(sample.sample_prior_chunks(model, min(mine, batch), **draw))  # compiles
     compile_s = time.perf_counter() - t0
-    bar = tqdm(total=samples, unit="voice", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=mine, unit="voice", disable=not progress or jax.process_index() > 0, dynamic_ncols=True,
+               leave=False)
 
     def chunks():
-        for voices in sample.sample_prior_chunks(model, samples, **draw):
+        for voices in sample.sample_prior_chunks(model, mine, first_block=first // sample.BLOCK, **draw):
             yield voices
             bar.update(len(voices))
 
     keys = model.training["voice_keys"] if training is None and model.training is not None else None
     t0 = time.perf_counter()
-    stats = count_uniqueness(chunks(), training=training, training_keys=keys)
+    stats = count_uniqueness(chunks(), training=training, training_keys=keys, across_processes=True)
     seconds = time.perf_counter() - t0
     bar.close()
     return dict(stats, throughput=samples / seconds, seconds=seconds, compile_seconds=compile_s,

@@ -19,7 +19,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from neuraldx7_jax import checkpoint, dx7, features, sample
+from neuraldx7_jax import checkpoint, devices, dx7, features
 from neuraldx7_jax import config as config_lib
 from neuraldx7_jax.config import Config
 from neuraldx7_jax.errors import Error
@@ -141,7 +141,7 @@ def make_train_step(cfg, mesh):
     t = cfg.train
     per_device = t.batch_size // mesh.devices.size
     most = t.microbatch or (CPU_MICROBATCH if jax.default_backend() == "cpu" else per_device)
-    k = sample.pieces(per_device, most)
+    k = devices.pieces(per_device, most)
     grad_fn = _grad_fn(cfg)
 
     def train_step(state, x_BxN, key):
@@ -149,8 +149,8 @@ def make_train_step(cfg, mesh):
         eps = jax.random.normal(step_key, (x_BxN.shape[0], cfg.model.latent))
         hidden = _hidden(cfg, jax.random.fold_in(step_key, 1), x_BxN.shape[0])
         b = beta(state.step, t.beta_temp)
-        xs, epss = sample.split_rows(x_BxN, k), sample.split_rows(eps, k)
-        hiddens = None if hidden is None else sample.split_rows(hidden, k)
+        xs, epss = devices.split_rows(x_BxN, k), devices.split_rows(eps, k)
+        hiddens = None if hidden is None else devices.split_rows(hidden, k)
 
         def add(total, piece):
             return jax.tree.map(lambda a, o: a + o / k, total, grad_fn(state.params, *piece, b)), None
@@ -220,16 +220,16 @@ def resolve_config(workdir, preset=None, overrides=(), **train_fields):
 
 
 def run(*, data, workdir, steps, config=None, overrides=(), seed=0, checkpoint_every=1000, keep=3,
-        eval_every=1000, log_every=50, init_from=None, distributed=False, progress=True, announce=None,
-        **train_fields):
+        eval_every=1000, log_every=50, init_from=None, distributed=False, coordinator=None, num_processes=None,
+        process_id=None, heartbeat_s=devices.HEARTBEAT_S, progress=True, announce=None, **train_fields):
     """What `neuraldx7 train` does: `resolve_config(workdir, config, overrides, **train_fields)`,
     `train_and_evaluate`, then what sampling needs of the data stored beside the checkpoints
-    (`features.write`: the fitted priors, the training facts). `distributed` first calls
-    `jax.distributed.initialize()` (multi-host runs). Returns the last validation metrics, or None
-    when there was nothing to train."""
+    (`features.write`: the fitted priors, the training facts; by process 0). A multi-process run
+    first joins its processes (`devices.initialize(distributed, coordinator, num_processes,
+    process_id, heartbeat_s)`). Returns the last validation metrics, or None when there was
+    nothing to train."""
     announce = announce or (lambda line: None)
-    if distributed:
-        jax.distributed.initialize()
+    devices.initialize(distributed, coordinator, num_processes, process_id, heartbeat_s)
     cfg = resolve_config(workdir, config, overrides, **train_fields)
     result = train_and_evaluate(cfg, data, workdir, steps, seed=seed, checkpoint_every=checkpoint_every, keep=keep,
                                 eval_every=eval_every, log_every=log_every, init_from=init_from,
@@ -255,7 +255,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
     train_voices, val_voices = dataset["train"], dataset["validation"]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = sample.make_mesh(cfg.model)
+    mesh = devices.make_mesh(cfg.model)
     n_dev = mesh.devices.size
     if n_dev < jax.device_count():
         announce(f"training on one of the {jax.device_count()} CPU devices: a model this wide "
@@ -283,23 +283,20 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
             run.close()
             raise Error(f"{workdir} holds a run with another config or seed ({'; '.join(diff)}); "
                         "resume it without --config (a longer --decay-steps is allowed), or use a new --workdir")
+        state = devices.replicate(state, mesh)  # restored in place, on every process's devices
         params, opt_state = run.restore(start, state.params, state.opt_state)
         state = state.replace(step=jnp.asarray(start), params=params, opt_state=opt_state)
         meta = dataclasses.replace(meta, init_from=saved.init_from)
     elif init_from is not None:
         state, meta = _init_from(state, cfg, init_from), dataclasses.replace(meta, init_from=str(init_from))
         announce(f"starting from the parameters of {init_from} (fresh optimizer and schedules)")
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-    state = jax.device_put(state, replicated)
+    state = devices.replicate(state, mesh)
     step_fn = make_train_step(cfg, mesh)
-    key = jax.device_put(jax.random.key(seed + 1), replicated)
+    key = devices.replicate(jax.random.key(seed + 1), mesh)
 
-    def batch(s):
+    def batch(s):  # the order is a function of seed and step; each process places its own rows
         x = train_voices[data_lib.batch_indices(len(train_voices), cfg.train.batch_size, seed, s)].astype(np.int32)
-        per_host = len(x) // jax.process_count()
-        local = x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
-        return jax.make_array_from_process_local_data(batch_sharding, local)
+        return devices.rows(mesh, x)
 
     start = int(state.step)
     if start >= steps:
@@ -310,7 +307,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
     log = _metrics_log(workdir / "metrics.jsonl", start)
     announce(f"compiling the train step (a minute or more for large presets), then training "
              f"steps {start + 1}-{steps}")
-    bar = _progress(start, steps, progress)
+    bar = _progress(start, steps, progress and jax.process_index() == 0)
     last_eval, t0, t_steps = {}, time.perf_counter(), 0
     next_batch = batch(start)
     for s in range(start, steps):
@@ -332,7 +329,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
             bar.set_postfix_str(f"loss {m['loss']:.3f} acc {m['accuracy']:.3f}")  # the bar shows the rate
         if done % eval_every == 0 or done == steps:
             if len(val_voices):
-                last_eval = evaluate(cfg.model, state.params, val_voices, seed=seed)
+                last_eval = evaluate(cfg.model, devices.local(state.params), val_voices, seed=seed)
                 _write(log, dict(step=done, split="validation", **last_eval))
                 t0, t_steps = time.perf_counter(), 0  # nor evaluations
         run.save(dataclasses.replace(meta, step=done), state.params, state.opt_state, force=done == steps)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import random_voices
-from neuraldx7_jax import checkpoint, cli, config, data, priors, sample, train
+from neuraldx7_jax import checkpoint, cli, config, data, devices, priors, sample, train
 from neuraldx7_jax.errors import Error
 
 
@@ -40,7 +40,7 @@ def test_memorises_a_few_voices(dtype):
                                           "train.learning_rate=3e-3", f"model.compute_dtype={dtype}"])
     voices = jnp.asarray(random_voices(4, 2), jnp.int32)
     state = train.init_state(cfg, 0)
-    step = train.make_train_step(cfg, sample.make_mesh())
+    step = train.make_train_step(cfg, devices.make_mesh())
     key = jax.random.key(0)
     for _ in range(300):
         state, metrics = step(state, voices, key)
@@ -112,7 +112,7 @@ def test_microbatches_give_the_step_of_the_whole_batch():
     runs = {}
     for microbatch in (8, 2, 1):  # one pass of 8 voices, 4 of 2, 8 of 1
         cfg = config.override(config.test(), [f"train.microbatch={microbatch}"])
-        state, step = train.init_state(cfg, 0), train.make_train_step(cfg, sample.make_mesh())
+        state, step = train.init_state(cfg, 0), train.make_train_step(cfg, devices.make_mesh())
         losses = []
         for _ in range(3):
             state, metrics = step(state, voices, key)
@@ -127,12 +127,12 @@ def test_microbatches_give_the_step_of_the_whole_batch():
 
 
 def test_pieces_split_rows_evenly_and_join_back():
-    assert [sample.pieces(8, m) for m in (8, 4, 3, 1)] == [1, 2, 4, 8]
-    assert sample.pieces(6, 4) == 2 and sample.pieces(7, 4) == 7
+    assert [devices.pieces(8, m) for m in (8, 4, 3, 1)] == [1, 2, 4, 8]
+    assert devices.pieces(6, 4) == 2 and devices.pieces(7, 4) == 7
     x = jnp.arange(24).reshape(12, 2)
-    split = sample.split_rows(x, 3)
+    split = devices.split_rows(x, 3)
     assert split.shape == (3, 4, 2) and split[1, :, 0].tolist() == [2, 8, 14, 20]
-    assert (sample.join_rows(split) == x).all()
+    assert (devices.join_rows(split) == x).all()
 
 
 def test_four_devices_give_the_same_loss_as_one(dataset, tmp_path):
@@ -229,9 +229,9 @@ def test_wide_models_train_on_one_cpu_device_unless_the_user_chose():
     """With one device per core chosen by the package, a model of F >= 512 trains on one device
     (its matmuls already use every core; docs/performance.md); narrower ones on all of them. A
     device count the user set is kept for every width."""
-    script = ("import json; from neuraldx7_jax import config, sample\n"
-              "print(json.dumps([sample.make_mesh(config.preset(p).model).devices.size\n"
-              "                  for p in ('original', 'small', 'bundled')] + [sample.make_mesh().devices.size]))\n")
+    script = ("import json; from neuraldx7_jax import config, devices\n"
+              "print(json.dumps([devices.make_mesh(config.preset(p).model).devices.size\n"
+              "                  for p in ('original', 'small', 'bundled')] + [devices.make_mesh().devices.size]))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
     chosen = subprocess.run([sys.executable, "-c", script], env=dict(env, JAX_PLATFORMS="cpu"), check=True,
                             capture_output=True, text=True).stdout

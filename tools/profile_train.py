@@ -13,7 +13,7 @@ import time
 
 import jax
 
-from neuraldx7_jax import bench, config, sample, train
+from neuraldx7_jax import bench, config, devices, train
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     a = ap.parse_args()
     cfg = config.preset(a.config).replace(batch_size=a.batch)
     state = train.init_state(cfg, 0)
-    step = train.make_train_step(cfg, sample.make_mesh(cfg.model))
+    step = train.make_train_step(cfg, devices.make_mesh(cfg.model))
     x, key = jax.numpy.asarray(bench.random_voices(a.batch)), jax.random.key(0)
     for _ in range(2):
         state, metrics = step(state, x, key)
@@ -38,7 +38,7 @@ def main():
     # FLOPs of the same step in one pass (XLA counts a loop's body once, so not the microbatched
     # one), counted before optimisation: a GPU's compiled program calls cuBLAS, which it does not count.
     one_pass = cfg.replace(microbatch=a.batch)
-    cost = train.make_train_step(one_pass, sample.make_mesh(cfg.model)).lower(state, x, key).cost_analysis()
+    cost = train.make_train_step(one_pass, devices.make_mesh(cfg.model)).lower(state, x, key).cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
     print(f"{jax.default_backend()} {jax.devices()[0].device_kind}: {step_s * 1e3:.1f} ms/step, "
           f"{flops / 1e9:.1f} GFLOP/step, {flops / step_s / 1e9:.1f} GFLOP/s")

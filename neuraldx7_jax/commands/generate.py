@@ -6,8 +6,8 @@ library call and prints; the library is imported only when a command runs.
 import json
 
 from neuraldx7_jax import dx7
-from neuraldx7_jax.commands.options import (AUDIO, BATCH, CHECKPOINT, JSON, PRIOR, REDRAW_FACTOR, SEED,
-                                            TEMPERATURE, Option, subcommand)
+from neuraldx7_jax.commands.options import (AUDIO, BATCH, CHECKPOINT, JSON, PRIOR, PROCESSES, REDRAW_FACTOR, SEED,
+                                            TEMPERATURE, Option, processes, subcommand)
 
 GENERATE = (
     Option("out", required=True, help="the .syx file to write"),
@@ -184,7 +184,7 @@ DUPLICATES = (
     BATCH,
     TEMPERATURE,
     Option("data", help="the training dataset .npz (default: the checkpoint's)"),
-    JSON, PRIOR, AUDIO, SEED, CHECKPOINT,
+    JSON, PRIOR, AUDIO, SEED, CHECKPOINT, *PROCESSES,
 )
 
 
@@ -194,12 +194,17 @@ DUPLICATES = (
     "non-name values) and exact copies of training voices, and estimate how many are audible "
     "(the parameter-only loudness estimate; --audio renders them in Dexed). Counting streams; "
     "memory grows with the distinct voices only. The training set is --data, or the checkpoint's "
-    "dataset, or else the keys of its voices stored with the model (novelty, no copies)."), DUPLICATES)
+    "dataset, or else the keys of its voices stored with the model (novelty, no copies). Over "
+    "several processes (--coordinator or --distributed), each draws its share and process 0 prints "
+    "the merged figures, the same as one process's."), DUPLICATES)
 def duplicates(a):
     from neuraldx7_jax import studies
 
     result = studies.duplicates(a.checkpoint, samples=a.samples, batch=a.batch, temperature=a.temperature,
-                                seed=a.seed, data=a.data, prior=a.prior, audio=a.audio, progress=not a.json)
+                                seed=a.seed, data=a.data, prior=a.prior, audio=a.audio, progress=not a.json,
+                                **processes(a))
+    if result is None:  # another process than 0 of a multi-process run
+        return
     if a.json:
         print(json.dumps(result))
         return

@@ -4,7 +4,7 @@ cannot drift. Also the registry of the subcommands (`command`). Imports nothing 
 import sys
 from typing import Any, Callable, NamedTuple
 
-from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
+from neuraldx7_jax.config import HEARTBEAT_S, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
 PRIORS = ("mixture", "gaussian", "standard")  # priors.PRIORS (a test checks), named here so --help imports no JAX
@@ -129,3 +129,19 @@ TEMPERATURE = Option("temperature", float, NEW_VOICE_TEMPERATURE, "values are sa
 BATCH = Option("batch", int, None, "voices per device call (default: 256 on CPU, 4096 on GPU/TPU); "
                "results do not depend on it")
 JSON = Option("json", bool, help="print the figures as JSON")
+PROCESSES = (  # a multi-process run: every process is started with the same options but --process-id
+    Option("distributed", bool, False, "join a multi-process run as JAX detects it (SLURM, Open MPI, Cloud TPU, "
+           "Kubernetes)"),
+    Option("coordinator", str, None, "join a multi-process run whose process 0 listens at HOST:PORT (with "
+           "--num-processes and --process-id; docs/multihost.md)", metavar="HOST:PORT"),
+    Option("num_processes", int, None, "processes in the run (with --coordinator)", metavar="N"),
+    Option("process_id", int, None, "this process's number, 0 to N-1 (with --coordinator)", metavar="I"),
+    Option("heartbeat_timeout", int, HEARTBEAT_S, "seconds a lost process of a multi-process run may stay "
+           f"silent before the others stop (default: {HEARTBEAT_S})", metavar="S"),
+)
+
+
+def processes(a):
+    """The keyword arguments of `devices.initialize` from the `PROCESSES` options `a`."""
+    return dict(distributed=a.distributed, coordinator=a.coordinator, num_processes=a.num_processes,
+                process_id=a.process_id, heartbeat_s=a.heartbeat_timeout)

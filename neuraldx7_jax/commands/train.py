@@ -2,7 +2,7 @@
 import json
 import sys
 
-from neuraldx7_jax.commands.options import Option, subcommand
+from neuraldx7_jax.commands.options import PROCESSES, Option, processes, subcommand
 from neuraldx7_jax.config import PRESETS
 
 
@@ -29,7 +29,7 @@ OPTIONS = (
     Option("keep", int, 3, "checkpoints kept"),
     Option("eval_every", int, 1000, "steps between validation runs"),
     Option("log_every", int, 50, "steps between metric lines"),
-    Option("distributed", bool, False, "call jax.distributed.initialize() first (multi-host GPU/TPU runs)"),
+    *PROCESSES,
 )
 
 
@@ -40,13 +40,15 @@ OPTIONS = (
             OPTIONS)
 def run_training(a):
     """Trains with the options `a` (argparse namespace or absl FLAGS): `train.run`."""
+    import jax
+
     from neuraldx7_jax import train
 
     result = train.run(data=a.data, workdir=a.workdir, steps=a.steps, config=a.config, overrides=a.set,
                        seed=a.seed, checkpoint_every=a.checkpoint_every, keep=a.keep, eval_every=a.eval_every,
-                       log_every=a.log_every, init_from=a.init_from, distributed=a.distributed,
+                       log_every=a.log_every, init_from=a.init_from, **processes(a),
                        announce=lambda line: print(line, file=sys.stderr, flush=True),
                        batch_size=a.batch_size, learning_rate=a.learning_rate, warmup_steps=a.warmup_steps,
                        lr_schedule=a.lr_schedule, decay_steps=a.decay_steps)
-    if result is not None:
+    if result is not None and jax.process_index() == 0:
         print(json.dumps({"validation": result}))
