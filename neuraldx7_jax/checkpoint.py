@@ -91,6 +91,13 @@ def directory(path):
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
+def check_writable(workdir, option="--checkpoint"):
+    """Raises Error unless `workdir` is a directory a command may write a model into: named
+    explicitly (not None), and not the bundled model, which is read-only (only `bundle` replaces it)."""
+    if workdir is None or str(workdir) == "bundled" or directory(workdir).resolve().is_relative_to(BUNDLED):
+        raise Error(f"the bundled model is read-only; give {option} DIR, a work directory to write to")
+
+
 def features_path(path):
     """Where `neuraldx7 features` stores the latent summary of the model in `path`."""
     return directory(path) / FEATURES_FILE
@@ -156,6 +163,7 @@ def read_meta(workdir):
 
 def create(workdir, meta, params, opt_state):
     """A new work directory holding one checkpoint, at `meta.step` (an imported model)."""
+    check_writable(workdir, "--out")
     with Run(workdir, keep=1, interval=1) as run:
         if run.latest_step() is not None:
             raise Error(f"{workdir} already holds a checkpoint; choose a new --out")

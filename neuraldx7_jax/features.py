@@ -21,13 +21,15 @@ def compute(model, voices, *, batch=None):
                 mean=post["zk"].mean(0), std=post["zk"].std(0))
 
 
-def write(checkpoint=None, data=None, *, out=None, batch=None):
+def write(checkpoint, data=None, *, out=None, batch=None):
     """What a model needs of its data, stored beside its checkpoints: features.json (the
     per-dimension mean and std of every voice's zk, for live control's ranges; the fitted prior)
     and training.npz (`training_facts`). The training voices are the `train` split of a dataset
     .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
     summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
-    The model is `checkpoint_lib.load(checkpoint)`."""
+    The model is `checkpoint_lib.load(checkpoint)`; `checkpoint` must name a work directory (the
+    bundled model is read-only)."""
+    checkpoint_lib.check_writable(checkpoint)
     if out is not None:
         dx7.check_writable(out)
     model = checkpoint_lib.load(checkpoint)

@@ -212,6 +212,7 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
     Returns the last evaluation metrics, or None when the run is already at `steps` or beyond.
     `announce(line)`, if given, hears what happens between steps (compilation, a finished run)."""
     announce = announce or (lambda line: None)
+    checkpoint.check_writable(workdir, "--workdir")
     from neuraldx7_jax import data as data_lib
 
     dataset = data_lib.load_dataset(data)
