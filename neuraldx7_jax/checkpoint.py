@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from neuraldx7_jax import dx7, names
+from neuraldx7_jax import dx7, files, names
 from neuraldx7_jax.config import LATENT_SPAN, Config
 from neuraldx7_jax.errors import Error
 
@@ -219,8 +219,8 @@ def write_features(model, summary, facts):
     """Stores `summary` (features.json) and the training `facts` (training.npz) beside the model."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **facts)
-    dx7.write_atomic(training_path(model.path), buffer.getvalue())
-    dx7.write_atomic(features_path(model.path), json.dumps(summary, indent=1).encode())
+    files.write_atomic(training_path(model.path), buffer.getvalue())
+    files.write_atomic(features_path(model.path), json.dumps(summary, indent=1).encode())
 
 
 _FACTS = dict(value_counts=((dx7.N_PARAMS, dx7.N_VALUES), np.int32), voice_keys=((None,), np.uint64),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, sample
+from neuraldx7_jax import files, sample
 from neuraldx7_jax import data as data_lib
 from neuraldx7_jax.errors import Error
 
@@ -31,7 +31,7 @@ def write(checkpoint, data=None, *, out=None, batch=None):
     bundled model is read-only)."""
     checkpoint_lib.check_writable(checkpoint)
     if out is not None:
-        dx7.check_writable(out)
+        files.check_writable(out)
     model = checkpoint_lib.load(checkpoint)
     data = data or checkpoint_lib.dataset_path(model)
     if data is None:
@@ -44,7 +44,7 @@ def write(checkpoint, data=None, *, out=None, batch=None):
     if out is not None:
         buffer = io.BytesIO()
         np.savez(buffer, voices=voices, **feats)
-        dx7.write_atomic(out, buffer.getvalue())
+        files.write_atomic(out, buffer.getvalue())
     prior = sample.fit_training_prior(model, training)
     cov = prior.chol.astype(np.float64) @ prior.chol.T.astype(np.float64)
     summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import neuraldx7_jax
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import data, dx7, names
+from neuraldx7_jax import data, dx7, files, names
 from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
@@ -493,7 +493,7 @@ def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, see
         raise Error("--name selects among the voices of --like; give --like too")
     if like and prior:
         raise Error("--like and --prior both say where to draw from; give one")
-    dx7.check_writable(*data.cartridge_paths(out, count))
+    files.check_writable(*data.cartridge_paths(out, count))
     model = checkpoint_lib.load(checkpoint)
     near = data.like_voices(like, name) if like else None
     prior = like_prior(model, near, seed=seed) if like else prior_of(model, prior)
@@ -506,7 +506,7 @@ def write_interpolation(checkpoint, a, b, out, *, steps=32, slerp=False):
     """What `neuraldx7 interpolate` does: `interpolate` between the voices `a` and `b`
     (`data.load_voice` specs) written to `out` (`data.save_voices`). Returns (the voices as
     written, without the padding; how many were written)."""
-    dx7.check_writable(out)
+    files.check_writable(out)
     model = checkpoint_lib.load(checkpoint)
     voices, _ = interpolate(model, data.load_voice(a), data.load_voice(b), steps=steps, slerp=slerp)
     return data.clean_names(voices), data.save_voices(out, voices)
@@ -517,7 +517,7 @@ def write_variations(checkpoint, a, out, *, count=32, spread=1.0, seed=0, redraw
     spec) written to `out`. Returns the voices as written."""
     if count < 32 or count % 32:
         raise Error(f"--count must be a positive multiple of 32, got {count}")
-    dx7.check_writable(out)
+    files.check_writable(out)
     model = checkpoint_lib.load(checkpoint)
     voices = variations(model, data.load_voice(a), count=count, spread=spread, seed=seed, redraw=redraw)
     data.save_voices(out, voices)

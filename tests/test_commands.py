@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from neuraldx7_jax import checkpoint, config, data, dx7, sample, studies
+from neuraldx7_jax import checkpoint, config, data, dx7, files, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
 from neuraldx7_jax.commands import train as train_command
@@ -148,7 +148,7 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     voices = dx7.load(shared_data / "factory" / "rom1a.syx")
     voices[3, 0] = 120  # out of range
-    dx7.write_atomic(tmp_path / "bad.syx", b"".join(dx7.single_voice_message(v) for v in voices[:5]))
+    files.write_atomic(tmp_path / "bad.syx", b"".join(dx7.single_voice_message(v) for v in voices[:5]))
     code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--json", "--checkpoint", work)
     report = json.loads(out)
     assert code == 0 and report["count"] == 5 and report["valid"] == 4
