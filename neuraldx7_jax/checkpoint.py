@@ -10,6 +10,8 @@ import dataclasses
 import io
 import json
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -170,6 +172,30 @@ def create(workdir, meta, params, opt_state):
         run.save(meta, params, opt_state, force=True)
 
 
+def _drop_closed_loop_noise():
+    """orbax reads a checkpoint's arrays concurrently. When one read fails it closes its event loop
+    while TensorStore's other reads still run; each of those then reports `RuntimeError: Event loop
+    is closed` as an unraisable error, dozens of tracebacks around the one-line error. They say
+    nothing the error does not: this process drops them (other unraisable errors still print)."""
+    if getattr(sys.unraisablehook, "drops_closed_loop", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _reason(e):
+    """The first line of the innermost cause of `e`: TensorStore's reason (`OUT_OF_RANGE: ...`),
+    not orbax's wrapper around it."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:600]}"
+
+
 def _restore(path, step=None):
     """(Meta, params) of the latest (or given) step in `path`; a damaged checkpoint is an Error
     naming it, in one line."""
@@ -178,6 +204,7 @@ def _restore(path, step=None):
         if path is None or str(path) == "bundled":
             raise Error("no bundled model in this installation; pass --checkpoint DIR")
         raise Error(f"{path}: no such checkpoint directory")
+    _drop_closed_loop_noise()
     try:
         handlers = {k: h() for k, h in _HANDLERS.items()}
         with ocp.CheckpointManager(folder, item_handlers=handlers) as mngr:
@@ -194,9 +221,8 @@ def _restore(path, step=None):
     except Error:
         raise
     except Exception as e:  # orbax and tensorstore raise many kinds, with pages of detail
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise Error(f"{folder if step is None else folder / str(step)}: damaged or unreadable checkpoint "
-                    f"({type(e).__name__}: {first})") from None
+                    f"({_reason(e)})") from None
 
 
 def load(path=None, *, step=None):
@@ -232,7 +258,7 @@ def load_training_facts(path):
     try:
         with np.load(path, allow_pickle=False) as npz:
             facts = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise Error(f"{path}: not a training-facts .npz ({e}); run `neuraldx7 features` again") from None
     for name, (shape, dtype) in _FACTS.items():
         a = facts.get(name)
