@@ -1,6 +1,9 @@
 """Run configuration: one `Config` per run (the model's architecture and the training), presets
 are functions returning it. No JAX: commands read it before deciding to import JAX."""
 import dataclasses
+import math
+
+from neuraldx7_jax.errors import Error
 
 # The temperature new voices are drawn at, wherever they are (generate, the page, the duplicates
 # study): values sampled from the decoder's softmax, so that each parameter's values come out
@@ -10,6 +13,14 @@ import dataclasses
 NEW_VOICE_TEMPERATURE = 1.0
 # Live control's CCs and the page's sliders sweep mean -/+ LATENT_SPAN std of each latent dimension.
 LATENT_SPAN = 3.0
+SEEDS = 2 ** 32  # a seed is in 0..SEEDS-1, what a JAX key holds (larger ones used to wrap around)
+
+
+def check_seed(seed):
+    """Raises Error unless `seed` is in 0..SEEDS-1: a larger one would wrap around silently, and
+    one beyond 64 bits was a traceback."""
+    if not 0 <= seed < SEEDS:
+        raise Error(f"the seed must be in 0..{SEEDS - 1}, got {seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +78,12 @@ class TrainConfig:
     microbatch: int = 0
 
     def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a finite number > 0, not {self.learning_rate}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ValueError(f"warmup_steps and decay_steps must be >= 0, not {self.warmup_steps} and {self.decay_steps}")
         if self.microbatch < 0:
             raise ValueError(f"microbatch must be >= 0, not {self.microbatch}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -166,8 +166,9 @@ def load_voices(spec):
 
 
 def count_distinct(voices):
-    """Distinct rows of (n, 155) voices."""
-    return len(np.unique(np.asarray(voices), axis=0))
+    """Distinct sounds among (n, 155) voices: rows distinct in their 145 non-name values (voices
+    that differ only in their names sound the same)."""
+    return len(np.unique(np.asarray(voices)[:, dx7.NON_NAME], axis=0))
 
 
 def clean_names(voices):

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import neuraldx7_jax
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data, dx7, files, names
-from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
+from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE, check_seed
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
@@ -159,6 +159,7 @@ def _rows_per_call(count, batch):
 
 def _key_streams(seed):
     """Independent keys by purpose: prior latents, value sampling, posterior noise."""
+    check_seed(seed)
     latent, value, posterior = jax.random.split(jax.random.key(seed), 3)
     return dict(latent=latent, value=value, posterior=posterior)
 
@@ -364,7 +365,7 @@ def variations(model, voice, *, count=32, spread=1.0, seed=0, temperature=0.0, r
     while redraw and data.count_distinct(voices) < count and n < REDRAW_FACTOR * count:
         n *= 2
         more = draw(n)  # its first rows are the earlier draw's: the noise of row r depends on r only
-        _, first = np.unique(more, axis=0, return_index=True)
+        _, first = np.unique(more[:, dx7.NON_NAME], axis=0, return_index=True)  # distinct sounds
         first = np.sort(first)
         voices = more[first[:count]] if len(first) >= count else np.concatenate(
             [more[first], more[np.setdiff1d(np.arange(n), first)[:count - len(first)]]])

@@ -448,6 +448,12 @@ class _Server(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def check_port(port):
+    """Raises Error unless `port` is a TCP port, 0..65535 (0: any free one)."""
+    if not 0 <= port <= 65535:
+        raise Error(f"bad port {port}: a TCP port is in 0..65535 (0: any free one)")
+
+
 def make_server(app, host=HOST, port=PORT, idle_seconds=IDLE_SECONDS, request_seconds=REQUEST_SECONDS,
                 answer_seconds=ANSWER_SECONDS):
     """A ThreadingHTTPServer for `app` bound to host:port (port 0: a free one), not yet serving.
@@ -455,6 +461,7 @@ def make_server(app, host=HOST, port=PORT, idle_seconds=IDLE_SECONDS, request_se
     without the whole answer `answer_seconds` after that, close."""
     handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_seconds, "request_seconds": request_seconds,
                                             "answer_seconds": answer_seconds})
+    check_port(port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("Server", (_Server,), {"address_family": family})
     try:
@@ -473,6 +480,7 @@ def url_of(server):
 
 def run(checkpoint=None, *, host=HOST, port=PORT, announce=print):
     """Loads the model, compiles, binds, announces the URL, then serves until interrupted."""
+    check_port(port)  # before the slow part
     model = checkpoint_lib.load(checkpoint)
     announce(f"loaded {model.path}; compiling...")
     app = App(model)

@@ -70,3 +70,13 @@ def test_no_command_writes_into_the_bundled_model(shared_data, tmp_path, capsys)
         err = capsys.readouterr().err
         assert "the bundled model is read-only" in err and len(err.strip().splitlines()) == 1, err
     assert _bundled_bytes() == before
+
+
+def test_the_readmes_variations_are_32_distinct_sounds(shared_data, tmp_path, capsys):
+    """README: `variations rom1a.syx:1 --spread 1.5 --redraw   # 32 distinct sounds` (at 0.5 it
+    said 32 distinct where 8 differed in sound: voices were counted by name too)."""
+    assert cli.main(["variations", f"{shared_data / 'factory' / 'rom1a.syx'}:1", "--out", str(tmp_path / "v.syx"),
+                     "--spread", "1.5", "--redraw"]) == 0
+    assert "32 of 32 voices are distinct" in capsys.readouterr().out
+    sounds = dx7.load(tmp_path / "v.syx")[:, dx7.NON_NAME]
+    assert len(np.unique(sounds, axis=0)) == 32

@@ -257,3 +257,23 @@ def test_a_launcher_runs_the_command(trained):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "evaluate.py"),
                           "--checkpoint", str(work / "nothing")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1 and "--file" in out.stderr  # absl: a required flag is missing
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "--out", "{tmp}/c.syx", "--seed", str(2 ** 70)], "the seed must be in 0..4294967295, got"),
+    (["generate", "--out", "{tmp}/c.syx", "--seed", str(2 ** 32)], "the seed must be in 0..4294967295, got"),  # wrapped to 0
+    (["generate", "--out", "{tmp}/c.syx", "--seed=-1"], "the seed must be in 0..4294967295, got -1"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "5", "--seed", str(2 ** 40)], "the seed must be"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "5", "--batch-size", "0"],
+     "batch_size must be >= 1, not 0"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "5", "--learning-rate=-0.001"],
+     "learning_rate must be a finite number > 0, not -0.001"),
+    (["serve", "--port", "99999"], "bad port 99999: a TCP port is in 0..65535"),
+])
+def test_out_of_range_numbers_are_one_line_errors(argv, words, tmp_path, capsys):
+    """Each was a traceback, or silently accepted (a seed wrapped modulo 2^32, 0 steps, a negative
+    learning rate); nothing is written."""
+    code, out, err = run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2 and words in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -116,7 +116,7 @@ def subcommand(name, help, description, options):
 
 CHECKPOINT = Option("checkpoint", help="a training work directory or its checkpoints/ folder, or 'bundled' "
                     "(default: the bundled model)", metavar="DIR")
-SEED = Option("seed", int, 0, "random seed; the same seed gives the same output (default: 0)")
+SEED = Option("seed", int, 0, "random seed in 0..4294967295 (2^32 - 1); the same seed gives the same output (default: 0)")
 AUDIO = Option("audio", int, None, "also render N voices (default 1024) at C4 through Dexed and report the "
                "audible fraction (RMS above -60 dBFS), beside the training data's; needs the audio extra",
                const=1024, metavar="N")
