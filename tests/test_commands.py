@@ -2,13 +2,14 @@
 their absl launchers."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, random_voices
 from neuraldx7_jax import checkpoint, config, data, dx7, files, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
@@ -257,6 +258,22 @@ def test_a_launcher_runs_the_command(trained):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "evaluate.py"),
                           "--checkpoint", str(work / "nothing")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1 and "--file" in out.stderr  # absl: a required flag is missing
+
+
+def test_the_train_launcher_is_quiet_unless_asked(tmp_path):
+    """`experiments/dx7_vae/train.py` printed ~80 orbax INFO records per checkpoint on stderr
+    (absl.app raises the level to INFO); now none, and absl's --verbosity brings them back."""
+    voices = random_voices(40, 3)
+    np.savez(tmp_path / "d.npz", train=voices[:32], validation=voices[32:])
+
+    def launch(steps, *extra):
+        out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "train.py"), "--config", "test",
+                              "--data", str(tmp_path / "d.npz"), "--workdir", str(tmp_path / "w"), "--steps", str(steps),
+                              "--checkpoint_every", "1", *extra], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [line for line in out.stderr.splitlines() if re.match(r"I\d{4} ", line)]  # absl INFO records
+    assert launch(2) == []  # two checkpoints
+    assert any("checkpoint" in line.lower() for line in launch(3, "--verbosity", "0"))
 
 
 @pytest.mark.parametrize("argv, words", [

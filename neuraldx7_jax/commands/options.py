@@ -69,13 +69,18 @@ def define_flags(options, flag_values=None):
 
 
 def launch(options, run):
-    """An absl launcher: `options` as flags, then `run(FLAGS)`; an Error is one line and exit 2."""
-    from absl import app, flags
+    """An absl launcher: `options` as flags, then `run(FLAGS)`; an Error is one line and exit 2.
+    Quiet like `neuraldx7`: absl.app raises the log level to INFO, so orbax printed ~80 records per
+    checkpoint among the progress; here warnings and errors only, unless --verbosity is given
+    (`--verbosity 0` or `-v 0`: INFO, the library chatter, again)."""
+    from absl import app, flags, logging
 
     define_flags(options)
 
     def main(argv):
         del argv
+        if not flags.FLAGS["verbosity"].present:
+            flags.FLAGS.verbosity = logging.WARNING
         try:
             return run(flags.FLAGS) or 0
         except (Error, OSError) as e:
