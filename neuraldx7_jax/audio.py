@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuraldx7_jax import dx7
+from neuraldx7_jax import dx7, files
 from neuraldx7_jax.errors import Error
 
 SAMPLE_RATE = 48000  # Hz, the default of every render
@@ -128,7 +128,7 @@ def wav_bytes(audio, sample_rate=SAMPLE_RATE):
 
 def write_wav(path, audio, sample_rate=SAMPLE_RATE):
     """Writes mono audio in [-1, 1] as a 16-bit PCM WAV file, atomically."""
-    dx7.write_atomic(path, wav_bytes(audio, sample_rate))
+    files.write_atomic(path, wav_bytes(audio, sample_rate))
 
 
 def wav_name(number, voice, width=2):
@@ -169,7 +169,7 @@ def plot_envelopes(path, audios, titles, sample_rate=SAMPLE_RATE, note_off=None)
     fig.supylabel(f"RMS dBFS, 10 ms (dashed: {SILENCE_DBFS:g})", fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    dx7.write_atomic(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())
 
 
 SUMMARY_FIELDS = ("voice", "name", "file", "rms_dbfs", "peak_dbfs", "silent", "out_of_range")
@@ -210,7 +210,7 @@ def render_to_dir(voices, numbers, out_dir, *, note=60, velocity=100, seconds=1.
     for row in rows:
         writer.writerow({**row, "rms_dbfs": f"{row['rms_dbfs']:.2f}", "peak_dbfs": f"{row['peak_dbfs']:.2f}",
                          "silent": int(row["silent"])})
-    dx7.write_atomic(out_dir / "summary.csv", text.getvalue().encode())
+    files.write_atomic(out_dir / "summary.csv", text.getvalue().encode())
     png = None
     if plot:
         png = out_dir / "envelopes.png"

@@ -11,6 +11,8 @@ import dataclasses
 import io
 import json
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from neuraldx7_jax import dx7, names
+from neuraldx7_jax import dx7, files, names
 from neuraldx7_jax.config import LATENT_SPAN, Config
 from neuraldx7_jax.errors import Error
 
@@ -92,6 +94,13 @@ def directory(path):
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
+def check_writable(workdir, option="--checkpoint"):
+    """Raises Error unless `workdir` is a directory a command may write a model into: named
+    explicitly (not None), and not the bundled model, which is read-only (only `bundle` replaces it)."""
+    if workdir is None or str(workdir) == "bundled" or directory(workdir).resolve().is_relative_to(BUNDLED):
+        raise Error(f"the bundled model is read-only; give {option} DIR, a work directory to write to")
+
+
 def features_path(path):
     """Where `neuraldx7 features` stores the latent summary of the model in `path`."""
     return directory(path) / FEATURES_FILE
@@ -157,10 +166,35 @@ def read_meta(workdir):
 
 def create(workdir, meta, params, opt_state):
     """A new work directory holding one checkpoint, at `meta.step` (an imported model)."""
+    check_writable(workdir, "--out")
     with Run(workdir, keep=1, interval=1) as run:
         if run.latest_step() is not None:
             raise Error(f"{workdir} already holds a checkpoint; choose a new --out")
         run.save(meta, params, opt_state, force=True)
+
+
+def _drop_closed_loop_noise():
+    """orbax reads a checkpoint's arrays concurrently. When one read fails it closes its event loop
+    while TensorStore's other reads still run; each of those then reports `RuntimeError: Event loop
+    is closed` as an unraisable error, dozens of tracebacks around the one-line error. They say
+    nothing the error does not: this process drops them (other unraisable errors still print)."""
+    if getattr(sys.unraisablehook, "drops_closed_loop", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _reason(e):
+    """The first line of the innermost cause of `e`: TensorStore's reason (`OUT_OF_RANGE: ...`),
+    not orbax's wrapper around it."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:600]}"
 
 
 def _restore(path, step=None):
@@ -171,6 +205,7 @@ def _restore(path, step=None):
         if path is None or str(path) == "bundled":
             raise Error("no bundled model in this installation; pass --checkpoint DIR")
         raise Error(f"{path}: no such checkpoint directory")
+    _drop_closed_loop_noise()
     try:
         handlers = {k: h() for k, h in _HANDLERS.items()}
         alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
@@ -191,9 +226,8 @@ def _restore(path, step=None):
     except Error:
         raise
     except Exception as e:  # orbax and tensorstore raise many kinds, with pages of detail
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise Error(f"{folder if step is None else folder / str(step)}: damaged or unreadable checkpoint "
-                    f"({type(e).__name__}: {first})") from None
+                    f"({_reason(e)})") from None
 
 
 def load(path=None, *, step=None):
@@ -216,8 +250,8 @@ def write_features(model, summary, facts):
     """Stores `summary` (features.json) and the training `facts` (training.npz) beside the model."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **facts)
-    dx7.write_atomic(training_path(model.path), buffer.getvalue())
-    dx7.write_atomic(features_path(model.path), json.dumps(summary, indent=1).encode())
+    files.write_atomic(training_path(model.path), buffer.getvalue())
+    files.write_atomic(features_path(model.path), json.dumps(summary, indent=1).encode())
 
 
 _FACTS = dict(value_counts=((dx7.N_PARAMS, dx7.N_VALUES), np.int32), voice_keys=((None,), np.uint64),
@@ -229,7 +263,7 @@ def load_training_facts(path):
     try:
         with np.load(path, allow_pickle=False) as npz:
             facts = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise Error(f"{path}: not a training-facts .npz ({e}); run `neuraldx7 features` again") from None
     for name, (shape, dtype) in _FACTS.items():
         a = facts.get(name)

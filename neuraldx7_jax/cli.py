@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from neuraldx7_jax import files
 from neuraldx7_jax.errors import Error
 
 
@@ -27,6 +28,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    out = getattr(args, "out", None)
+    if isinstance(out, str) and files.is_stdout(out):  # `--out /dev/stdout | ...`: the file alone there
+        sys.stdout = sys.stderr
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:

@@ -1,6 +1,9 @@
 """Run configuration: one `Config` per run (the model's architecture and the training), presets
 are functions returning it. No JAX: commands read it before deciding to import JAX."""
 import dataclasses
+import math
+
+from neuraldx7_jax.errors import Error
 
 # The temperature new voices are drawn at, wherever they are (generate, the page, the duplicates
 # study): values sampled from the decoder's softmax, so that each parameter's values come out
@@ -19,6 +22,14 @@ LIVE_PASSES = 2
 LATENT_SPAN = 3.0
 # Seconds a process of a multi-process run may stay silent before the others stop (JAX's default).
 HEARTBEAT_S = 100
+SEEDS = 2 ** 32  # a seed is in 0..SEEDS-1, what a JAX key holds (larger ones used to wrap around)
+
+
+def check_seed(seed):
+    """Raises Error unless `seed` is in 0..SEEDS-1: a larger one would wrap around silently, and
+    one beyond 64 bits was a traceback."""
+    if not 0 <= seed < SEEDS:
+        raise Error(f"the seed must be in 0..{SEEDS - 1}, got {seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +99,12 @@ class TrainConfig:
     def __post_init__(self):
         if not 0.0 <= self.hidden_all <= 1.0:
             raise ValueError(f"hidden_all must be within [0, 1], not {self.hidden_all}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a finite number > 0, not {self.learning_rate}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ValueError(f"warmup_steps and decay_steps must be >= 0, not {self.warmup_steps} and {self.decay_steps}")
         if self.microbatch < 0:
             raise ValueError(f"microbatch must be >= 0, not {self.microbatch}")
         if self.lr_schedule not in ("constant", "cosine"):

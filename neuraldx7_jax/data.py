@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from neuraldx7_jax import dx7, names
+from neuraldx7_jax import dx7, files, names
 from neuraldx7_jax.errors import Error
 
 SUFFIXES = (".syx", ".bin")  # what a directory walk picks up, case-insensitive
@@ -55,10 +55,10 @@ def build_dataset(sources, out, *, validation_fraction=0.05, clamp=False, strict
     """
     if not 0 <= validation_fraction < 1:
         raise Error(f"validation fraction must be in [0, 1), got {validation_fraction}")
-    files = find_files(sources)
+    found = find_files(sources)
     chunks, origin, index, damaged, skipped, problems = [], [], [], [], [], []
     dropped = 0
-    for f, (rel, path) in enumerate(tqdm(files, desc="reading", unit="file", leave=False,
+    for f, (rel, path) in enumerate(tqdm(found, desc="reading", unit="file", leave=False,
                                          disable=not progress)):
         voices, intact, reported = dx7.read_file(path)
         at = np.arange(len(voices))
@@ -88,7 +88,7 @@ def build_dataset(sources, out, *, validation_fraction=0.05, clamp=False, strict
 
     h = split_hash(voices)
     is_validation = h / 2.0 ** 64 < validation_fraction
-    names = np.array([rel for rel, _ in files])
+    names = np.array([rel for rel, _ in found])
     arrays = {}
     for split, mask in zip(SPLITS, (~is_validation, is_validation)):
         order = np.flatnonzero(mask)[np.argsort(h[mask], kind="stable")]
@@ -106,7 +106,7 @@ def build_dataset(sources, out, *, validation_fraction=0.05, clamp=False, strict
         validation_fraction=validation_fraction)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, summary=np.array(json.dumps(summary)), **arrays)
-    dx7.write_atomic(out, buffer.getvalue())
+    files.write_atomic(out, buffer.getvalue())
     return summary
 
 
@@ -166,8 +166,9 @@ def load_voices(spec):
 
 
 def count_distinct(voices):
-    """Distinct rows of (n, 155) voices."""
-    return len(np.unique(np.asarray(voices), axis=0))
+    """Distinct sounds among (n, 155) voices: rows distinct in their 145 non-name values (voices
+    that differ only in their names sound the same)."""
+    return len(np.unique(np.asarray(voices)[:, dx7.NON_NAME], axis=0))
 
 
 def clean_names(voices):

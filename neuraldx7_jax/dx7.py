@@ -5,16 +5,14 @@ Canonical order is the 155-value unpacked order of the single-voice dump
 Knows nothing of JAX.
 """
 import collections
-import os
 import re
-import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from neuraldx7_jax import files
 from neuraldx7_jax.errors import Error
 
 N_PARAMS = 155  # values of an unpacked voice
@@ -492,83 +490,18 @@ def parse_single_voice(message):
     return parse(message, "<single voice>")[0]
 
 
-STALE_SECONDS = 600  # a temporary file of ours older than this was left by a killed write
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what write_atomic's mkstemp names: .NAME.XXXXXXXX.tmp
-
-
-def _temp_file(folder, path):
-    return tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-
-
-def check_writable(*paths):
-    """Raises Error naming the path unless each of `paths` could be written by `write_atomic`:
-    called before long work, so a bad destination fails at once. Creates nothing."""
-    for path in map(Path, paths):
-        if path.is_dir():
-            raise Error(f"{path}: is a directory; give a file name")
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise Error(f"{path}: cannot write there: {folder} is not a directory")
-        try:
-            fd, tmp = _temp_file(folder, path)
-        except OSError as e:
-            raise Error(f"{path}: cannot write there: cannot create a file in {folder} ({e.strerror or e})") from None
-        os.close(fd)
-        os.unlink(tmp)
-
-
-def _remove_stale_temps(folder):
-    """Deletes the temporary files of writes killed before their rename: only names of our pattern,
-    only when older than STALE_SECONDS (a younger one may be another process's write in progress)."""
-    now = time.time()
-    for tmp in folder.glob(".*.tmp"):
-        try:
-            if _TEMP_NAME.fullmatch(tmp.name) and tmp.is_file() and now - tmp.lstat().st_mtime > STALE_SECONDS:
-                tmp.unlink()
-        except OSError:
-            pass
-
-
-def write_atomic(path, data):
-    """Writes `data` to `path` through a temporary file in the same directory: all or nothing.
-    Missing parent directories are created; stale temporary files of killed writes are removed.
-    Errors name `path`, not the temporary file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path.parent)
-        fd, tmp = _temp_file(path.parent, path)
-    except OSError as e:
-        raise Error(f"{path}: cannot write there ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise Error(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_cartridge(path, voices, channel=0):
     """Writes N = 32, 64, ... voices as N / 32 concatenated 4104-byte bulk dumps."""
     voices = check_voices(voices)
     if not len(voices) or len(voices) % 32:
         raise Error(f"{path}: a cartridge holds 32 voices; got {len(voices)}, not a multiple of 32")
-    write_atomic(path, b"".join(cartridge_message(voices[i:i + 32], channel)
+    files.write_atomic(path, b"".join(cartridge_message(voices[i:i + 32], channel)
                                 for i in range(0, len(voices), 32)))
 
 
 def save_single_voice(path, voice, channel=0):
     """Writes one voice as a 163-byte single-voice dump."""
-    write_atomic(path, single_voice_message(voice, channel))
+    files.write_atomic(path, single_voice_message(voice, channel))
 
 
 def group_mask(groups):

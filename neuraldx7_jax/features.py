@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, priors, sample
+from neuraldx7_jax import files, priors, sample
 from neuraldx7_jax import data as data_lib
 from neuraldx7_jax.errors import Error
 
@@ -22,15 +22,17 @@ def compute(model, voices, *, batch=None):
                 mean=post["zk"].mean(0), std=post["zk"].std(0))
 
 
-def write(checkpoint=None, data=None, *, out=None, batch=None):
+def write(checkpoint, data=None, *, out=None, batch=None):
     """What a model needs of its data, stored beside its checkpoints: features.json (the
     per-dimension mean and std of every voice's zk, for live control's ranges; the fitted
     Gaussian) and training.npz (`training_facts` and the mixture prior, `checkpoint.mixture_prior`). The training voices are the `train` split of a dataset
     .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
     summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
-    The model is `checkpoint_lib.load(checkpoint)`."""
+    The model is `checkpoint_lib.load(checkpoint)`; `checkpoint` must name a work directory (the
+    bundled model is read-only)."""
+    checkpoint_lib.check_writable(checkpoint)
     if out is not None:
-        dx7.check_writable(out)
+        files.check_writable(out)
     model = checkpoint_lib.load(checkpoint)
     data = data or checkpoint_lib.dataset_path(model)
     if data is None:
@@ -43,7 +45,7 @@ def write(checkpoint=None, data=None, *, out=None, batch=None):
     if out is not None:
         buffer = io.BytesIO()
         np.savez(buffer, voices=voices, **feats)
-        dx7.write_atomic(out, buffer.getvalue())
+        files.write_atomic(out, buffer.getvalue())
     z = priors.training_latents(model, training)
     prior, (mixture, _) = priors.fit_prior(z), priors.fit_mixture(z)
     chol = prior.chols[0].astype(np.float64)

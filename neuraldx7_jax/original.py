@@ -298,7 +298,10 @@ def import_original(path, out, heads=None):
     heads_from = ("from the file's config" if found is not None
                   else "from --heads" if heads is not None else "the default")
     heads = found or heads or DEFAULT_HEADS
-    model_cfg, params = convert(state, heads)
+    try:
+        model_cfg, params = convert(state, heads)
+    except Error as e:
+        raise Error(f"{path}: {e}") from None
     cfg = dataclasses.replace(config_lib.original(), model=model_cfg)
     params = jax.tree.map(jnp.asarray, params)
     meta = checkpoint.Meta(config=cfg, step=0, source=dict(original=str(path.absolute()), heads_from=heads_from))

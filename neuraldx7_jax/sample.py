@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import data, devices, dx7, names, priors
-from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, NEW_VOICE_TEMPERATURE
+from neuraldx7_jax import data, devices, dx7, files, names, priors
+from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, NEW_VOICE_TEMPERATURE, check_seed
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
@@ -102,6 +102,7 @@ def _rows_per_call(count, batch):
 
 def _key_streams(seed):
     """Independent keys by purpose: prior latents, value sampling, posterior noise."""
+    check_seed(seed)
     latent, value, posterior = jax.random.split(jax.random.key(seed), 3)
     return dict(latent=latent, value=value, posterior=posterior)
 
@@ -319,7 +320,7 @@ def variations(model, voice, *, count=32, spread=1.0, seed=0, temperature=0.0, r
     while redraw and data.count_distinct(voices) < count and n < REDRAW_FACTOR * count:
         n *= 2
         more = draw(n)  # its first rows are the earlier draw's: the noise of row r depends on r only
-        _, first = np.unique(more, axis=0, return_index=True)
+        _, first = np.unique(more[:, dx7.NON_NAME], axis=0, return_index=True)  # distinct sounds
         first = np.sort(first)
         voices = more[first[:count]] if len(first) >= count else np.concatenate(
             [more[first], more[np.setdiff1d(np.arange(n), first)[:count - len(first)]]])
@@ -434,7 +435,7 @@ def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, see
         raise Error("--name selects among the voices of --like; give --like too")
     if like and prior:
         raise Error("--like and --prior both say where to draw from; give one")
-    dx7.check_writable(*data.cartridge_paths(out, count))
+    files.check_writable(*data.cartridge_paths(out, count))
     model = checkpoint_lib.load(checkpoint)
     near = data.like_voices(like, name) if like else None
     prior = priors.like_prior(model, near, seed=seed) if like else priors.prior_of(model, prior)
@@ -447,7 +448,7 @@ def write_interpolation(checkpoint, a, b, out, *, steps=32, slerp=False):
     """What `neuraldx7 interpolate` does: `interpolate` between the voices `a` and `b`
     (`data.load_voice` specs) written to `out` (`data.save_voices`). Returns (the voices as
     written, without the padding; how many were written)."""
-    dx7.check_writable(out)
+    files.check_writable(out)
     model = checkpoint_lib.load(checkpoint)
     voices, _ = interpolate(model, data.load_voice(a), data.load_voice(b), steps=steps, slerp=slerp)
     return data.clean_names(voices), data.save_voices(out, voices)
@@ -458,7 +459,7 @@ def write_variations(checkpoint, a, out, *, count=32, spread=1.0, seed=0, redraw
     spec) written to `out`. Returns the voices as written."""
     if count < 32 or count % 32:
         raise Error(f"--count must be a positive multiple of 32, got {count}")
-    dx7.check_writable(out)
+    files.check_writable(out)
     model = checkpoint_lib.load(checkpoint)
     voices = variations(model, data.load_voice(a), count=count, spread=spread, seed=seed, redraw=redraw)
     data.save_voices(out, voices)
@@ -542,7 +543,7 @@ def write_mutants(checkpoint, source, out, *, amount=0.3, keep=(), count=1, seed
     if count < 1:
         raise Error(f"the cartridge count must be positive, got {count}")
     paths = data.cartridge_paths(out, count)
-    dx7.check_writable(*paths)
+    files.check_writable(*paths)
     _, sep, tail = source.rpartition(":")
     one = bool(sep) and tail.strip().isdigit()
     voices = data.load_voice(source)[None] if one else data.load_voices(source)[:32]

@@ -6,6 +6,7 @@ lock. Audio goes through the optional `audio` extra; without it the API and the 
 install it. The standard library serves it (`http.server.ThreadingHTTPServer`): docs/serve.md says why.
 """
 import collections
+import contextlib
 import http.server
 import importlib.util
 import json
@@ -41,6 +42,11 @@ _HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'non
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 IDLE_SECONDS = 10.0  # a connection that sends (or takes) nothing for this long is closed
 REQUEST_SECONDS = 30.0  # the request line and headers must have arrived by then, however trickled
+ANSWER_SECONDS = 60.0  # after the headers, the answer must have been sent by then, or the connection is cut
+MODEL_SLOTS = 4  # model calls running at once: XLA's CPU client wedged for good under 64 concurrent ones
+SLOT_SECONDS = 20.0  # a request waits this long for a model slot, then is answered 503 with Retry-After
+RETRY_SECONDS = 5  # the Retry-After of that 503
+BACKLOG = 128  # connections the kernel queues before accept (socketserver's default of 5 reset bursts)
 
 
 class Response(NamedTuple):
@@ -52,11 +58,12 @@ class Response(NamedTuple):
 
 
 class BadRequest(Exception):
-    """A request the client can fix: answered with `status` and a JSON body {"error", "status"}."""
+    """A request the client can fix (or retry): answered with `status`, a JSON body {"error",
+    "status"} and `headers`."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message, status=400, headers=None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
 
 
 def _json(obj, status=200, headers=None):
@@ -170,6 +177,8 @@ class App:
 
     Construction compiles what the page calls (prior sampling and decoding of one cartridge, at
     temperature 0 and above), so the first visitor does not wait. `audio` None detects the extra.
+    At most `slots` model calls run at once; a request that waits `slot_seconds` for one is
+    answered 503 with Retry-After (and so is a render waiting as long for the synth).
     """
 
     ROUTES = {  # path -> (method, query parameters it takes)
@@ -181,7 +190,7 @@ class App:
         "/api/voice.syx": ("voice_syx", ("seed", "temperature", "index", "z", "like")),
     }
 
-    def __init__(self, model, audio=None, cache_size=64):
+    def __init__(self, model, audio=None, cache_size=64, slots=MODEL_SLOTS, slot_seconds=SLOT_SECONDS):
         self.model = model
         self.latent = model.config.model.latent
         self.low, self.center, self.high, self.range_source = checkpoint_lib.latent_ranges(model)
@@ -189,6 +198,7 @@ class App:
         self._cartridges = LruCache(cache_size)
         self._wavs = LruCache(cache_size)
         self._render_lock = threading.Lock()  # `audio` keeps one Dexed synth per rate: renders take turns
+        self._slots, self.slot_seconds = threading.BoundedSemaphore(slots), slot_seconds
         self._static = {"/": WEB / "index.html", **{f"/{p.name}": p for p in WEB.iterdir() if p.suffix in _TYPES}}
         for temperature in (0.0, 1.0):  # compile: greedy and sampled, prior and decode
             cart = self.cartridge_voices(0, temperature)
@@ -196,16 +206,27 @@ class App:
 
     # The model's side: everything from (seed, temperature, index, latent).
 
+    @contextlib.contextmanager
+    def _turn(self, lock, what):
+        """Holds `lock` (a model slot or the synth) or raises a 503 after `slot_seconds` waiting.
+        Never nested: a holder waiting for a second turn could wait on the other holders."""
+        if not lock.acquire(timeout=self.slot_seconds):
+            raise BadRequest(f"busy: {what} were all in use for {self.slot_seconds:g} s; try again shortly",
+                             status=503, headers={"Retry-After": str(RETRY_SECONDS)})
+        try:
+            yield
+        finally:
+            lock.release()
+
     def cartridge_voices(self, seed, temperature, like=None):
         """The `sample.Cartridge` (seed, temperature): what `neuraldx7 generate --seed SEED
         --temperature T` writes; with `like` (seed, index), new voices near voice `index` of
         cartridge (seed, temperature), as `generate --like` draws them ("more like this")."""
         def make():
-            prior = None
-            if like is not None:
-                voice = self.cartridge_voices(like[0], temperature).voices[like[1] - 1]
-                prior = priors.like_prior(self.model, voice[None], seed=seed)
-            return next(sample.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
+            near = None if like is None else self.cartridge_voices(like[0], temperature).voices[like[1] - 1]
+            with self._turn(self._slots, "the model slots"):
+                prior = None if near is None else priors.like_prior(self.model, near[None], seed=seed)
+                return next(sample.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
         return self._cartridges.get((seed, temperature, like), make)
 
     def voice(self, seed, temperature, index, z=None, like=None):
@@ -218,16 +239,17 @@ class App:
         z = np.asarray(z, np.float32)
         row = int(cart.rows[index - 1])
         rows = np.repeat(z[None], CARTRIDGE, axis=0)  # (32, Z): one compiled shape
-        voice = sample.decode(self.model, rows, temperature=temperature, seed=seed, batch=CARTRIDGE,
-                              first_block=row // CARTRIDGE)[row % CARTRIDGE]
-        return z, sample.name_voices(self.model, z[None], voice[None])[0]
+        with self._turn(self._slots, "the model slots"):
+            voice = sample.decode(self.model, rows, temperature=temperature, seed=seed, batch=CARTRIDGE,
+                                  first_block=row // CARTRIDGE)[row % CARTRIDGE]
+            return z, sample.name_voices(self.model, z[None], voice[None])[0]
 
     def wav(self, voice, note):
         """WAV bytes of one note of `voice` rendered through Dexed (the `audio` extra)."""
         from neuraldx7_jax import audio
 
         def make():
-            with self._render_lock:
+            with self._turn(self._render_lock, "the synth"):
                 signal = audio.render(voice, note=note, seconds=NOTE_SECONDS)
             return audio.wav_bytes(signal, audio.SAMPLE_RATE)
         return self._wavs.get((voice.tobytes(), note), make)
@@ -237,10 +259,11 @@ class App:
     def respond(self, method, target):
         """The answer to `method target`; client errors are 4xx with a JSON body {"error", "status"}."""
         url = urllib.parse.urlsplit(target)
-        if url.path not in self.ROUTES and url.path not in self._static:
-            return _error(404, f"no such page or endpoint: {url.path}")
-        if method not in ("GET", "HEAD"):
+        known = url.path in self.ROUTES or url.path in self._static
+        if method not in ("GET", "HEAD") and (known or not target.startswith("/")):  # CONNECT's host:port
             return _error(405, f"{method} is not allowed here; use GET", {"Allow": "GET, HEAD"})
+        if not known:
+            return _error(404, f"no such page or endpoint: {url.path}")
         if url.path in self._static:  # the page reads its own ?seed=&temperature=
             file = self._static[url.path]
             return Response(200, _TYPES[file.suffix], file.read_bytes())
@@ -253,7 +276,7 @@ class App:
                                  f"{', '.join(allowed) or 'no parameters'}")
             return getattr(self, name)(query)
         except BadRequest as e:
-            return _error(e.status, str(e))
+            return _error(e.status, str(e), e.headers)
         except Error as e:
             return _error(400, str(e))
 
@@ -333,14 +356,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"  # errors before the version is read still get a status line
     timeout = IDLE_SECONDS  # each read and write of the socket
     request_seconds = REQUEST_SECONDS
+    answer_seconds = ANSWER_SECONDS
 
     def version_string(self):
         return self.server_version  # no Python version
 
-    def handle_one_request(self):
-        self._deadline = threading.Timer(self.request_seconds, self._cut)  # against trickling clients
+    def _cut_after(self, seconds):
+        self._deadline = threading.Timer(seconds, self._cut)
         self._deadline.daemon = True
         self._deadline.start()
+
+    def handle_one_request(self):
+        self._cut_after(self.request_seconds)  # against trickling clients
         try:
             super().handle_one_request()
         finally:
@@ -358,7 +385,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(400, "the request line needs an HTTP version, e.g. GET / HTTP/1.1")
             return False
         ok = super().parse_request()
-        self._deadline.cancel()  # the headers are in: the answer itself may take long (a first render)
+        self._deadline.cancel()  # the headers are in: the answer has its own, longer deadline
+        self._cut_after(self.answer_seconds)
         return ok
 
     def send_error(self, code, message=None, explain=None):
@@ -412,6 +440,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = BACKLOG
 
     def handle_error(self, request, client_address):
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -419,11 +448,20 @@ class _Server(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(app, host=HOST, port=PORT, idle_seconds=IDLE_SECONDS, request_seconds=REQUEST_SECONDS):
+def check_port(port):
+    """Raises Error unless `port` is a TCP port, 0..65535 (0: any free one)."""
+    if not 0 <= port <= 65535:
+        raise Error(f"bad port {port}: a TCP port is in 0..65535 (0: any free one)")
+
+
+def make_server(app, host=HOST, port=PORT, idle_seconds=IDLE_SECONDS, request_seconds=REQUEST_SECONDS,
+                answer_seconds=ANSWER_SECONDS):
     """A ThreadingHTTPServer for `app` bound to host:port (port 0: a free one), not yet serving.
-    Connections idle for `idle_seconds`, or without a whole request after `request_seconds`, close."""
-    handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_seconds,
-                                            "request_seconds": request_seconds})
+    Connections idle for `idle_seconds`, without a whole request after `request_seconds`, or
+    without the whole answer `answer_seconds` after that, close."""
+    handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_seconds, "request_seconds": request_seconds,
+                                            "answer_seconds": answer_seconds})
+    check_port(port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server_class = type("Server", (_Server,), {"address_family": family})
     try:
@@ -442,6 +480,7 @@ def url_of(server):
 
 def run(checkpoint=None, *, host=HOST, port=PORT, announce=print):
     """Loads the model, compiles, binds, announces the URL, then serves until interrupted."""
+    check_port(port)  # before the slow part
     model = checkpoint_lib.load(checkpoint)
     announce(f"loaded {model.path}; compiling...")
     app = App(model)

@@ -249,6 +249,12 @@ def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_
     Returns the last evaluation metrics, or None when the run is already at `steps` or beyond.
     `announce(line)`, if given, hears what happens between steps (compilation, a finished run)."""
     announce = announce or (lambda line: None)
+    checkpoint.check_writable(workdir, "--workdir")
+    config_lib.check_seed(seed)
+    for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every), ("keep", keep),
+                        ("eval_every", eval_every), ("log_every", log_every)):
+        if value < 1:
+            raise Error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     from neuraldx7_jax import data as data_lib
 
     dataset = data_lib.load_dataset(data)

@@ -52,3 +52,33 @@ def test_bundled_names_are_words_not_fragments(tmp_path, capsys):
     assert figures["short_name_fraction"] <= 0.05, [dx7.voice_name(v) for v in voices]
     assert figures["letter_run_fraction"] >= 0.9
     assert np.mean([len(dx7.voice_name(v).strip()) for v in voices]) >= 5
+
+
+def _bundled_bytes():
+    return {p.relative_to(checkpoint.BUNDLED): p.read_bytes() for p in sorted(checkpoint.BUNDLED.rglob("*"))
+            if p.is_file()}
+
+
+def test_no_command_writes_into_the_bundled_model(shared_data, tmp_path, capsys):
+    """`features --data X` without --checkpoint once rewrote the bundled model's fitted prior and
+    training facts (inside the package): the bundled model is read-only, so features, train and
+    import-original refuse to write there, in one line with exit code 2, before any work."""
+    before = _bundled_bytes()
+    rom = str(shared_data / "factory" / "rom1a.syx")
+    for argv in (["features", "--data", rom], ["features", "--data", rom, "--checkpoint", "bundled"],
+                 ["features", "--data", rom, "--checkpoint", str(checkpoint.BUNDLED / "checkpoints")],
+                 ["train", "--data", str(tmp_path / "d.npz"), "--workdir", str(checkpoint.BUNDLED), "--steps", "1"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "the bundled model is read-only" in err and len(err.strip().splitlines()) == 1, err
+    assert _bundled_bytes() == before
+
+
+def test_the_readmes_variations_are_32_distinct_sounds(shared_data, tmp_path, capsys):
+    """README: `variations rom1a.syx:1 --spread 1.5 --redraw   # 32 distinct sounds` (at 0.5 it
+    said 32 distinct where 8 differed in sound: voices were counted by name too)."""
+    assert cli.main(["variations", f"{shared_data / 'factory' / 'rom1a.syx'}:1", "--out", str(tmp_path / "v.syx"),
+                     "--spread", "1.5", "--redraw"]) == 0
+    assert "32 of 32 voices are distinct" in capsys.readouterr().out
+    sounds = dx7.load(tmp_path / "v.syx")[:, dx7.NON_NAME]
+    assert len(np.unique(sounds, axis=0)) == 32

@@ -1,11 +1,15 @@
 """The trained model on disk: Meta, save and load, imported and old checkpoints, the bundled model."""
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import random_voices
+from conftest import ROOT, random_voices
 from neuraldx7_jax import checkpoint, cli, config, features, train
 from neuraldx7_jax.errors import Error
 
@@ -68,3 +72,45 @@ def test_bundle_keeps_params_meta_and_features_and_cuts_the_machine_paths(tmp_pa
     assert got.meta.init_from == "previous" and str(tmp_path) not in (out / "checkpoints").joinpath(
         "3", "meta", "metadata").read_text()
     assert got.training["count"] == 32
+
+
+def _cut_in_half(*paths):
+    for path in paths:
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def _generate_errors(model, tmp_path, runs):
+    """stderr of `neuraldx7 generate --checkpoint model`, each run in its own process (the noise
+    came from background reads at exit, in some runs only), and checks each failed with exit code 2."""
+    errors = []
+    for _ in range(runs):
+        run = subprocess.run([sys.executable, "-m", "neuraldx7_jax", "generate", "--out", str(tmp_path / "c.syx"),
+                              "--checkpoint", str(model)], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 2, run.stderr
+        errors.append(run.stderr)
+    return errors
+
+
+def test_damaged_params_are_one_line_with_tensorstores_reason(tmp_path):
+    """A copy of the bundled model with its params cut in half: exactly one line, naming the step
+    folder and TensorStore's reason (not orbax's bound-method repr), and none of the asyncio
+    tracebacks ("Event loop is closed") that followed it in some runs."""
+    shutil.copytree(checkpoint.BUNDLED, tmp_path / "one")
+    params = sorted((tmp_path / "one").rglob("params/**/d/*"), key=lambda p: p.stat().st_size)
+    _cut_in_half(params[-1])  # the largest
+    for err in _generate_errors(tmp_path / "one", tmp_path, 2):
+        assert err.count("\n") == 1 and "damaged or unreadable checkpoint" in err, err
+        assert "OUT_OF_RANGE" in err and "not valid for value of size" in err and "bound method" not in err, err
+        assert str(params[-1].parents[1]) in err or str(tmp_path / "one" / "checkpoints") in err
+    shutil.copytree(checkpoint.BUNDLED, tmp_path / "all")
+    _cut_in_half(*(p for p in (tmp_path / "all").rglob("params/**/d/*") if p.is_file()))  # noisiest
+    for err in _generate_errors(tmp_path / "all", tmp_path, 4):
+        assert err.count("\n") == 1 and "OUT_OF_RANGE" in err, err
+
+
+def test_truncated_training_facts_are_one_line(tmp_path):
+    shutil.copytree(checkpoint.BUNDLED, tmp_path / "m")
+    _cut_in_half(checkpoint.training_path(tmp_path / "m"))
+    err, = _generate_errors(tmp_path / "m", tmp_path, 1)
+    assert err.count("\n") == 1 and f"{checkpoint.training_path(tmp_path / 'm')}: not a training-facts .npz" in err, err

@@ -2,14 +2,15 @@
 their absl launchers."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from neuraldx7_jax import checkpoint, config, data, dx7, priors, sample, studies
+from conftest import ROOT, random_voices
+from neuraldx7_jax import checkpoint, config, data, dx7, files, priors, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
 from neuraldx7_jax.commands import train as train_command
@@ -149,7 +150,7 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     voices = dx7.load(shared_data / "factory" / "rom1a.syx")
     voices[3, 0] = 120  # out of range
-    dx7.write_atomic(tmp_path / "bad.syx", b"".join(dx7.single_voice_message(v) for v in voices[:5]))
+    files.write_atomic(tmp_path / "bad.syx", b"".join(dx7.single_voice_message(v) for v in voices[:5]))
     code, out, _ = run(capsys, "evaluate", tmp_path / "bad.syx", "--json", "--checkpoint", work)
     report = json.loads(out)
     assert code == 0 and report["count"] == 5 and report["valid"] == 4
@@ -275,3 +276,39 @@ def test_a_launcher_runs_the_command(trained):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "evaluate.py"),
                           "--checkpoint", str(work / "nothing")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1 and "--file" in out.stderr  # absl: a required flag is missing
+
+
+def test_the_train_launcher_is_quiet_unless_asked(tmp_path):
+    """`experiments/dx7_vae/train.py` printed ~80 orbax INFO records per checkpoint on stderr
+    (absl.app raises the level to INFO); now none, and absl's --verbosity brings them back."""
+    voices = random_voices(40, 3)
+    np.savez(tmp_path / "d.npz", train=voices[:32], validation=voices[32:])
+
+    def launch(steps, *extra):
+        out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "train.py"), "--config", "test",
+                              "--data", str(tmp_path / "d.npz"), "--workdir", str(tmp_path / "w"), "--steps", str(steps),
+                              "--checkpoint_every", "1", *extra], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [line for line in out.stderr.splitlines() if re.match(r"I\d{4} ", line)]  # absl INFO records
+    assert launch(2) == []  # two checkpoints
+    assert any("checkpoint" in line.lower() for line in launch(3, "--verbosity", "0"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "--out", "{tmp}/c.syx", "--seed", str(2 ** 70)], "the seed must be in 0..4294967295, got"),
+    (["generate", "--out", "{tmp}/c.syx", "--seed", str(2 ** 32)], "the seed must be in 0..4294967295, got"),  # wrapped to 0
+    (["generate", "--out", "{tmp}/c.syx", "--seed=-1"], "the seed must be in 0..4294967295, got -1"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "5", "--seed", str(2 ** 40)], "the seed must be"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "5", "--batch-size", "0"],
+     "batch_size must be >= 1, not 0"),
+    (["train", "--data", "{tmp}/d.npz", "--workdir", "{tmp}/w", "--steps", "5", "--learning-rate=-0.001"],
+     "learning_rate must be a finite number > 0, not -0.001"),
+    (["serve", "--port", "99999"], "bad port 99999: a TCP port is in 0..65535"),
+])
+def test_out_of_range_numbers_are_one_line_errors(argv, words, tmp_path, capsys):
+    """Each was a traceback, or silently accepted (a seed wrapped modulo 2^32, 0 steps, a negative
+    learning rate); nothing is written."""
+    code, out, err = run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2 and words in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -191,3 +191,10 @@ def test_info_of_one_voice_shows_every_parameter(tree, capsys):
     assert f"FB {b[20, 135]}" in out and f"TRNSP {b[20, 144]}" in out
     assert cli.main(["info", f"{path}:33"]) == 2
     assert "no voice 33" in capsys.readouterr().err
+
+
+def test_distinct_voices_are_counted_by_sound_not_name():
+    voices = random_voices(3, 21)
+    renamed = voices[[0]].copy()
+    renamed[0, dx7.NAME] = np.frombuffer(b"OTHER NAME", np.uint8)
+    assert data.count_distinct(np.concatenate([voices, renamed, voices[[1]]])) == 3

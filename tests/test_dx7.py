@@ -1,5 +1,4 @@
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,34 +283,3 @@ def test_strict_drops_messages_with_wrong_framing(tmp_path):
         assert np.array_equal(dx7.load(path, strict=True), b)
     voices, intact, _ = dx7.read_file(path)
     assert list(intact) == [False] * 32 + [True] * 32
-
-
-def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
-    import os
-    import time
-    old = time.time() - dx7.STALE_SECONDS - 60
-    stale = [tmp_path / ".cart.syx.k3j_9x2a.tmp", tmp_path / ".other.npz.abcdefgh.tmp"]
-    young = tmp_path / ".cart.syx.zzzzzzzz.tmp"  # perhaps another process's write in progress
-    theirs = [tmp_path / ".notes.tmp", tmp_path / "x.abcdefgh.tmp"]  # not our pattern
-    for p in stale + [young] + theirs:
-        p.write_bytes(b"partial")
-        if p != young:
-            os.utime(p, (old, old))
-    dx7.save_cartridge(tmp_path / "new.syx", random_voices(32, 17))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [young.name, "new.syx"] + [p.name for p in theirs])
-
-
-def test_unwritable_destinations_name_the_path_given(tmp_path):
-    (tmp_path / "dir.syx").mkdir()
-    (tmp_path / "file").write_bytes(b"")
-    for bad, reason in [(tmp_path / "dir.syx", "is a directory"), (tmp_path / "file" / "x.syx", "not a directory"),
-                        (Path("/proc/x.syx"), "cannot write there")]:
-        with pytest.raises(Error, match=reason) as e:
-            dx7.check_writable(bad)
-        assert str(e.value).startswith(f"{bad}: ")
-        with pytest.raises(Error) as e:
-            dx7.save_cartridge(bad, random_voices(32, 18))
-        assert str(e.value).startswith(f"{bad}: ") and ".tmp" not in str(e.value)
-    dx7.check_writable(tmp_path / "new" / "dir" / "x.syx", tmp_path / "y.syx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.syx", "file"]  # nothing created

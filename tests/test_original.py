@@ -266,3 +266,11 @@ def test_a_truncated_box_through_torch_names_the_file(torch, tmp_path, capsys):
     assert cli.main(["import-original", str(tmp_path / "cut.box"), "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "cut.box" in err and err.count("\n") == 1
+
+
+def test_a_torch_file_that_is_not_neuraldx7_names_the_file(torch, tmp_path, capsys):
+    torch.save(dict(model={"fc.weight": torch.zeros(3, 4)}), tmp_path / "other.box")
+    assert cli.main(["import-original", str(tmp_path / "other.box"), "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"neuraldx7 import-original: error: {tmp_path / 'other.box'}: not an original NeuralDX7 "
+                   "state dict: 'embedder.weight' is missing\n")

@@ -163,7 +163,7 @@ def parse_answer(answer):
 
 @pytest.mark.parametrize("request_line, status", [
     ("PATCH /api/info HTTP/1.1", 405), ("OPTIONS /api/info HTTP/1.1", 405), ("TRACE /api/info HTTP/1.1", 405),
-    ("CONNECT /api/info HTTP/1.1", 405), ("BREW /api/info HTTP/1.1", 405), ("PATCH /nothing HTTP/1.1", 404),
+    ("CONNECT /api/info HTTP/1.1", 405), ("CONNECT 127.0.0.1:443 HTTP/1.1", 405), ("BREW /api/info HTTP/1.1", 405), ("PATCH /nothing HTTP/1.1", 404),
     ("GET /api/info", 400), ("GET", 400), ("GET /api/info HTTP/x", 400), ("GET /api/info HTTP/2.0", 505),
 ])
 def test_every_answer_is_our_json_with_our_headers(url, request_line, status):
@@ -347,6 +347,75 @@ def test_concurrent_requests_get_their_own_answers(url, app, model, tmp_path):
         else:
             voice = next(sample.cartridges(model, 1, temperature=arg, seed=seed)).voices[5]
             assert answer == reference_wav(voice)
+
+
+def _busy_or_ok(status, headers, body):
+    """A burst's answer: 200, or 503 with Retry-After and our JSON saying it is busy."""
+    if status == 503:
+        assert headers["Retry-After"] == str(serve.RETRY_SECONDS) and "busy" in json.loads(body)["error"]
+    return status in (200, 503)
+
+
+def test_a_burst_in_process_runs_a_few_model_calls_at_once_and_all_are_answered(app, monkeypatch):
+    """64 threads asking new cartridges of `App.respond` at once (64 wedged XLA's CPU client for
+    good before model calls were bounded): at most MODEL_SLOTS run at once, each thread gets 200
+    or a 503 with Retry-After once its wait for a slot expires, and the model answers afterwards."""
+    running, peak, lock = [0], [0], threading.Lock()
+    cartridges = sample.cartridges
+
+    def counted(*args, **kwargs):  # the real sampler, counting the calls inside it
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            yield from cartridges(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+    monkeypatch.setattr(serve.sample, "cartridges", counted)
+    monkeypatch.setattr(app, "slot_seconds", 1.0)
+    together = threading.Barrier(64)
+
+    def ask(i):
+        together.wait()
+        return app.respond("GET", f"/api/cartridge?seed={31000 + i}")
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(ask, range(64)))
+    assert all(_busy_or_ok(a.status, a.headers, a.body) for a in answers)
+    assert {a.status for a in answers} == {200, 503}  # a 1 s wait cannot serve 64 of them
+    assert peak[0] <= serve.MODEL_SLOTS
+    assert app.respond("GET", "/api/cartridge?seed=31999").status == 200
+
+
+def test_a_burst_of_200_new_seed_requests_over_http_loses_none(app, url, monkeypatch):
+    """200 connections at once asking new cartridges: none is reset or left hanging (the listen
+    backlog was socketserver's 5), each is answered 200 or 503 with Retry-After, and the server
+    answers a new model request afterwards."""
+    monkeypatch.setattr(app, "slot_seconds", 2.0)
+    together = threading.Barrier(200)
+
+    def ask(i):
+        together.wait()
+        return get(url + f"api/cartridge?seed={32000 + i}")
+    with concurrent.futures.ThreadPoolExecutor(200) as pool:
+        answers = list(pool.map(ask, range(200)))  # a reset or a timeout raises here
+    assert all(_busy_or_ok(*a) for a in answers) and any(a[0] == 200 for a in answers)
+    assert get_json(url + "api/cartridge?seed=32999")["seed"] == 32999
+
+
+def test_an_answer_taking_too_long_is_cut_off(app, monkeypatch):
+    """The whole answer has a deadline too: a request stuck after its headers loses its connection."""
+    monkeypatch.setattr(app, "info", lambda query: time.sleep(30))
+    server = serve.make_server(app, "127.0.0.1", 0, answer_seconds=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address, timeout=30) as s:
+            t = time.perf_counter()
+            s.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert s.recv(1) == b"" and time.perf_counter() - t < 10
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_lru_cache_keeps_the_latest():

@@ -2,7 +2,7 @@
 from collections import Counter
 from pathlib import Path
 
-from neuraldx7_jax import data, dx7
+from neuraldx7_jax import data, dx7, files
 from neuraldx7_jax.commands.options import command
 from neuraldx7_jax.errors import Error
 
@@ -73,7 +73,7 @@ def dataset(parser):
 
 
 def _build(args):
-    dx7.check_writable(args.out)
+    files.check_writable(args.out)
     _print_build(data.build_dataset(args.sources, args.out, validation_fraction=args.validation_fraction,
                                     clamp=args.clamp, strict=args.strict))
 

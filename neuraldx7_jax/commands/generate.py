@@ -145,7 +145,10 @@ FEATURES = (
     Option("data", help="a dataset .npz (its train split is the training set) or DX7 file "
            "(default: the checkpoint's dataset)"),
     Option("out", help="also write the per-voice arrays to this .npz"),
-    BATCH, CHECKPOINT,
+    BATCH,
+    Option("checkpoint", help="the work directory (or its checkpoints/ folder) whose model is encoded and "
+           "where features.json and training.npz are written (needed: the bundled model is read-only)",
+           metavar="DIR"),
 )
 
 

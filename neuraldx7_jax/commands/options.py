@@ -69,13 +69,18 @@ def define_flags(options, flag_values=None):
 
 
 def launch(options, run):
-    """An absl launcher: `options` as flags, then `run(FLAGS)`; an Error is one line and exit 2."""
-    from absl import app, flags
+    """An absl launcher: `options` as flags, then `run(FLAGS)`; an Error is one line and exit 2.
+    Quiet like `neuraldx7`: absl.app raises the log level to INFO, so orbax printed ~80 records per
+    checkpoint among the progress; here warnings and errors only, unless --verbosity is given
+    (`--verbosity 0` or `-v 0`: INFO, the library chatter, again)."""
+    from absl import app, flags, logging
 
     define_flags(options)
 
     def main(argv):
         del argv
+        if not flags.FLAGS["verbosity"].present:
+            flags.FLAGS.verbosity = logging.WARNING
         try:
             return run(flags.FLAGS) or 0
         except (Error, OSError) as e:
@@ -116,7 +121,7 @@ def subcommand(name, help, description, options):
 
 CHECKPOINT = Option("checkpoint", help="a training work directory or its checkpoints/ folder, or 'bundled' "
                     "(default: the bundled model)", metavar="DIR")
-SEED = Option("seed", int, 0, "random seed; the same seed gives the same output (default: 0)")
+SEED = Option("seed", int, 0, "random seed in 0..4294967295 (2^32 - 1); the same seed gives the same output (default: 0)")
 AUDIO = Option("audio", int, None, "also render N voices (default 1024) at C4 through Dexed and report the "
                "audible fraction (RMS above -60 dBFS), beside the training data's; needs the audio extra",
                const=1024, metavar="N")
