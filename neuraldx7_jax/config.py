@@ -18,6 +18,8 @@ DECODE_PASSES = 8
 # from z alone, as the independent decoder's; each more fixes the most confident values first and
 # decodes the rest again given them (MODEL_CARD.md has the latency of each).
 LIVE_PASSES = 2
+# The share of a voice's 145 non-name values that `mutate` (and the page's Mutate) changes by default.
+MUTATE_AMOUNT = 0.3
 # Live control's CCs and the page's sliders sweep mean -/+ LATENT_SPAN std of each latent dimension.
 LATENT_SPAN = 3.0
 # Seconds a process of a multi-process run may stay silent before the others stop (JAX's default).

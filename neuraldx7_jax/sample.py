@@ -18,7 +18,7 @@ import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data, devices, dx7, files, names, priors
-from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, NEW_VOICE_TEMPERATURE, check_seed
+from neuraldx7_jax.config import DECODE_PASSES, LIVE_PASSES, MUTATE_AMOUNT, NEW_VOICE_TEMPERATURE, check_seed
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 
@@ -487,7 +487,7 @@ MUTATION_ROWS = 64  # mutants drawn per call (a multiple of BLOCK)
 MUTATION_DRAWS = 16  # draws per wanted mutant before `mutate` gives up on distinct ones
 
 
-def mutate(model, voices, *, amount=0.3, keep=(), count=32, seed=0):
+def mutate(model, voices, *, amount=MUTATE_AMOUNT, keep=(), count=32, seed=0):
     """`count` mutants of each of `voices` (n, 155): about `amount` of each voice's 145 non-name
     values redrawn given the others and the voice's latent (posterior mean, flowed); the values of
     the `keep` groups (`dx7.GROUPS`) and the name never. The share redrawn is set per voice (from a
@@ -535,7 +535,7 @@ def mutate(model, voices, *, amount=0.3, keep=(), count=32, seed=0):
     return np.stack(all_mutants), np.stack(all_changed)
 
 
-def write_mutants(checkpoint, source, out, *, amount=0.3, keep=(), count=1, seed=0):
+def write_mutants(checkpoint, source, out, *, amount=MUTATE_AMOUNT, keep=(), count=1, seed=0):
     """What `neuraldx7 mutate` does. `source` FILE:INDEX (or DATASET.npz:SPLIT:INDEX): `count`
     cartridges of 32 mutants of that voice; a DX7 file: `count` cartridges, cartridge c holding
     mutant c of every voice of the file (its first 32). Written to `data.cartridge_paths(out,

@@ -25,7 +25,7 @@ import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import dx7, priors, sample
-from neuraldx7_jax.config import NEW_VOICE_TEMPERATURE
+from neuraldx7_jax.config import MUTATE_AMOUNT, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
 HOST = "127.0.0.1"
@@ -33,6 +33,7 @@ PORT = 8000
 WEB = Path(__file__).resolve().parent / "web"
 CARTRIDGE = 32  # voices per cartridge, and rows per device call: one shape, compiled once
 MAX_SEED = 2 ** 32 - 1
+SOURCE = ("like", "mutate", "amount")  # where a cartridge's voices come from, beside seed and temperature
 NOTE_SECONDS = 1.5  # length of each rendered note
 AUDIO_INSTALL = 'pip install "neuraldx7-jax[audio]"'
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -138,20 +139,45 @@ def _temperature(query):
     return t
 
 
-def _like(query):
-    """`like=SEED:INDEX` (voice INDEX of cartridge SEED at the same temperature) -> (seed, index)."""
-    text = _one(query, "like")
+def _source(query, name):
+    """`like=SEED:INDEX` or `mutate=SEED:INDEX` (voice INDEX of cartridge SEED at the same
+    temperature) -> (seed, index)."""
+    text = _one(query, name)
     if text is None:
         return None
     match = re.fullmatch(r"([0-9]{1,10}):([0-9]{1,2})", text)
     if not match or int(match[1]) > MAX_SEED or not 1 <= int(match[2]) <= CARTRIDGE:
-        raise BadRequest(f"bad like {text!r}: expected SEED:INDEX, a seed in 0..{MAX_SEED} and a voice "
+        raise BadRequest(f"bad {name} {text!r}: expected SEED:INDEX, a seed in 0..{MAX_SEED} and a voice "
                          f"in 1..{CARTRIDGE}")
     return int(match[1]), int(match[2])
 
 
-def _like_text(like):
-    return None if like is None else f"{like[0]}:{like[1]}"
+def _like(query):
+    """The cartridge's source: ("like" or "mutate", (seed, index), amount) or None. "like": new
+    voices near that voice; "mutate": 32 mutants of it, `amount` of their values changed."""
+    like, mutate = _source(query, "like"), _source(query, "mutate")
+    if like and mutate:
+        raise BadRequest("like and mutate both say where the voices come from; give one")
+    text = _one(query, "amount")
+    if text is not None and not mutate:
+        raise BadRequest("amount goes with mutate=SEED:INDEX")
+    if not mutate:
+        return None if like is None else ("like", like, None)
+    try:
+        amount = float(text) if text is not None else MUTATE_AMOUNT
+    except ValueError:
+        amount = math.nan
+    if not 0 < amount <= 1:
+        raise BadRequest(f"bad amount {text!r}: expected a number in (0, 1]")
+    return "mutate", mutate, amount
+
+
+def _source_fields(like):
+    """What the answers say of the cartridge's source: like, mutate (SEED:INDEX or None), amount."""
+    text = None if like is None else f"{like[1][0]}:{like[1][1]}"
+    mutate = like is not None and like[0] == "mutate"
+    return {"like": None if mutate else text, "mutate": text if mutate else None,
+            "amount": like[2] if mutate else None}
 
 
 def _latent(query, latent):
@@ -183,11 +209,11 @@ class App:
 
     ROUTES = {  # path -> (method, query parameters it takes)
         "/api/info": ("info", ()),
-        "/api/cartridge": ("cartridge", ("seed", "temperature", "like")),
-        "/api/cartridge.syx": ("cartridge_syx", ("seed", "temperature", "like")),
-        "/api/voice": ("voice_json", ("seed", "temperature", "index", "z", "like")),
-        "/api/voice.wav": ("voice_wav", ("seed", "temperature", "index", "z", "note", "like")),
-        "/api/voice.syx": ("voice_syx", ("seed", "temperature", "index", "z", "like")),
+        "/api/cartridge": ("cartridge", ("seed", "temperature", *SOURCE)),
+        "/api/cartridge.syx": ("cartridge_syx", ("seed", "temperature", *SOURCE)),
+        "/api/voice": ("voice_json", ("seed", "temperature", "index", "z", *SOURCE)),
+        "/api/voice.wav": ("voice_wav", ("seed", "temperature", "index", "z", "note", *SOURCE)),
+        "/api/voice.syx": ("voice_syx", ("seed", "temperature", "index", "z", *SOURCE)),
     }
 
     def __init__(self, model, audio=None, cache_size=64, slots=MODEL_SLOTS, slot_seconds=SLOT_SECONDS):
@@ -220,11 +246,17 @@ class App:
 
     def cartridge_voices(self, seed, temperature, like=None):
         """The `sample.Cartridge` (seed, temperature): what `neuraldx7 generate --seed SEED
-        --temperature T` writes; with `like` (seed, index), new voices near voice `index` of
-        cartridge (seed, temperature), as `generate --like` draws them ("more like this")."""
+        --temperature T` writes; with `like` ("like", (seed, index), None), new voices near voice
+        `index` of cartridge (seed, temperature), as `generate --like` draws them ("more like
+        this"); with ("mutate", (seed, index), amount), 32 mutants of that voice, as `neuraldx7
+        mutate` makes them (all at its latent)."""
         def make():
-            near = None if like is None else self.cartridge_voices(like[0], temperature).voices[like[1] - 1]
+            near = None if like is None else self.cartridge_voices(like[1][0], temperature).voices[like[1][1] - 1]
             with self._turn(self._slots, "the model slots"):
+                if like is not None and like[0] == "mutate":
+                    mutants, _ = sample.mutate(self.model, near[None], amount=like[2], count=CARTRIDGE, seed=seed)
+                    z = np.repeat(sample.encode(self.model, near[None])["zk"], CARTRIDGE, axis=0)
+                    return sample.Cartridge(z, mutants[0], {}, np.arange(CARTRIDGE), {})
                 prior = None if near is None else priors.like_prior(self.model, near[None], seed=seed)
                 return next(sample.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
         return self._cartridges.get((seed, temperature, like), make)
@@ -290,14 +322,14 @@ class App:
         seed = _whole(query, "seed", 0, MAX_SEED) if "seed" in query else secrets.randbelow(2 ** 31)
         temperature, like = _temperature(query), _like(query)
         cart = self.cartridge_voices(seed, temperature, like)
-        return _json({"seed": seed, "temperature": temperature, "like": _like_text(like),
+        return _json({"seed": seed, "temperature": temperature, **_source_fields(like),
                       "redrawn": cart.redrawn, "voices": [describe(i + 1, v) for i, v in enumerate(cart.voices)],
                       "latents": cart.z.astype(np.float64).tolist()})
 
     def cartridge_syx(self, query):
         seed, temperature, like = _whole(query, "seed", 0, MAX_SEED), _temperature(query), _like(query)
         voices = self.cartridge_voices(seed, temperature, like).voices
-        near = f"_like{like[0]}-{like[1]}" if like else ""
+        near = f"_{like[0]}{like[1][0]}-{like[1][1]}" if like else ""
         return Response(200, "application/octet-stream", dx7.cartridge_message(voices),
                         _attachment(f"neuraldx7_seed{seed}_t{temperature:g}{near}.syx"))
 
@@ -305,7 +337,7 @@ class App:
         seed, temperature = _whole(query, "seed", 0, MAX_SEED), _temperature(query)
         index, like = _whole(query, "index", 1, CARTRIDGE), _like(query)
         z, voice = self.voice(seed, temperature, index, _latent(query, self.latent), like)
-        return dict(seed=seed, temperature=temperature, index=index, like=_like_text(like)), z, voice
+        return dict(seed=seed, temperature=temperature, index=index, **_source_fields(like)), z, voice
 
     def voice_json(self, query):
         request, z, voice = self._voice_request(query)

@@ -90,8 +90,8 @@ def test_a_model_without_32_usable_voices_says_what_it_kept(trained, tmp_path, c
     monkeypatch.setattr(sample, "MAX_CANDIDATES", 40)  # a cap the tiny model reaches quickly
     model = checkpoint.load(work)
     every = next(sample.cartridges(model, 1, temperature=1.0, seed=1))
-    facts = data.training_facts(every.voices)  # as if all it makes were training voices
-    cart = next(sample.cartridges(model._replace(training=facts), 1, temperature=1.0, seed=1))
+    facts = data.training_facts(every.voices)  # as if all it makes were training voices (its prior kept)
+    cart = next(sample.cartridges(model._replace(training={**model.training, **facts}), 1, temperature=1.0, seed=1))
     assert sum(cart.redrawn.values()) == 40 and sum(cart.kept.values()) > 0 and "training_copy" in cart.kept
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "c.syx", "--temperature", 0, "--checkpoint", work)
     assert code == 0 and ("note: after 40 candidates it kept" in out) == ("redrew 40" in out)

@@ -125,6 +125,11 @@ def reference_wav(voice):
     ("/api/voice?seed=1&index=2&sed=3", 400, "unknown parameter sed"),
     ("/api/cartridge?seed=1&like=3", 400, "bad like"),
     ("/api/cartridge?seed=1&like=3:33", 400, "bad like"),
+    ("/api/cartridge?seed=1&mutate=3:0", 400, "bad mutate"),
+    ("/api/cartridge?seed=1&mutate=3:2&amount=0", 400, "bad amount"),
+    ("/api/cartridge?seed=1&mutate=3:2&amount=x", 400, "bad amount"),
+    ("/api/cartridge?seed=1&amount=0.5", 400, "amount goes with mutate"),
+    ("/api/cartridge?seed=1&mutate=3:2&like=3:2", 400, "give one"),
     ("/api/nothing", 404, "no such page"),
     ("/../pyproject.toml", 404, "no such page"),
     ("/serve.py", 404, "no such page"),
@@ -299,6 +304,21 @@ def test_more_like_this_is_generate_like(url, app, model):
     assert status == 200 and body == dx7.cartridge_message(expected.voices)
     voice = get_json(url + "api/voice?seed=8&like=3:7&index=2")
     assert voice["values"] == expected.voices[1].tolist()
+
+
+def test_mutate_is_the_mutate_command(url, app, model):
+    """`mutate=SEED:INDEX&amount=A` is a cartridge of 32 mutants of voice INDEX of cartridge SEED,
+    as `neuraldx7 mutate` makes them with --amount A and the request's seed."""
+    source = app.cartridge_voices(3, 1.0).voices[6]
+    got = get_json(url + "api/cartridge?seed=8&mutate=3:7&amount=0.5")
+    assert got["mutate"] == "3:7" and got["amount"] == 0.5 and got["like"] is None
+    expected = sample.mutate(model, source[None], amount=0.5, count=32, seed=8)[0][0]
+    status, _, body = get(url + "api/cartridge.syx?seed=8&mutate=3:7&amount=0.5")
+    assert status == 200 and body == dx7.cartridge_message(expected)
+    assert [v["name"] for v in got["voices"]] == [dx7.voice_name(source)] * 32  # names kept
+    voice = get_json(url + "api/voice?seed=8&mutate=3:7&amount=0.5&index=2")
+    assert voice["values"] == expected[1].tolist()
+    assert get_json(url + "api/cartridge?seed=8&mutate=3:7")["amount"] == 0.3  # the default amount
 
 
 def test_an_omitted_seed_is_drawn_and_returned(url):
@@ -526,6 +546,18 @@ def test_the_page_generates_plays_edits_and_downloads(browser, url, app, model, 
     voices = dx7.load(path)
     assert len(voices) == 32 and dx7.is_valid(voices).all()
     assert path.read_bytes() == cartridge_bytes(model, seed, 1.0, tmp_path)
+
+    with page.expect_response(lambda r: "/api/cartridge?" in r.url and "mutate=" in r.url) as answer:
+        page.fill("#amount", "50")
+        page.click("#mutate")  # 32 mutants of voice 5, half of its values changed
+    mutants = answer.value.json()
+    assert mutants["mutate"] == f"{seed}:5" and mutants["amount"] == 0.5
+    page.wait_for_function("location.search.includes('mutate=')")
+    expected = sample.mutate(model, app.voice(seed, 1.0, 5)[1][None], amount=0.5, count=32, seed=mutants["seed"])[0][0]
+    assert get(url + f"api/cartridge.syx?seed={mutants['seed']}&mutate={seed}:5&amount=0.5")[2] == \
+        dx7.cartridge_message(expected)
+    page.go_back()
+    page.wait_for_function("!location.search.includes('mutate=')")
 
     page.fill("#temperature", "0.8")  # the same seed at another temperature, in the address
     page.dispatch_event("#temperature", "change")

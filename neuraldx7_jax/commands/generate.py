@@ -6,6 +6,7 @@ library call and prints; the library is imported only when a command runs.
 import json
 
 from neuraldx7_jax import dx7
+from neuraldx7_jax.config import MUTATE_AMOUNT
 from neuraldx7_jax.commands.options import (AUDIO, BATCH, CHECKPOINT, JSON, PRIOR, PROCESSES, REDRAW_FACTOR, SEED,
                                             TEMPERATURE, Option, processes, subcommand)
 
@@ -114,8 +115,8 @@ MUTATE = (
     Option("source", positional=True, metavar="SOURCE", help="FILE:INDEX (a cartridge of 32 mutants of that "
            "voice) or a DX7 file (each of its voices mutated once per cartridge)"),
     Option("out", required=True, help="the .syx file to write"),
-    Option("amount", float, 0.3, "the share of the 145 non-name values that changes, on average, 0 to 1 "
-           "(default: 0.3)"),
+    Option("amount", float, MUTATE_AMOUNT, "the share of the 145 non-name values that changes, on average, "
+           f"0 to 1 (default: {MUTATE_AMOUNT})"),
     Option("keep", many=True, metavar="GROUP", choices=tuple(dx7.GROUPS),
            help="groups that must not change: " + ", ".join(dx7.GROUPS) + " (op1 is OP1 as the DX7 numbers "
            "operators; names are always kept)"),

@@ -38,6 +38,10 @@ function randomSeed() {
 function cartridgeParams() {
   const params = { seed: state.cart.seed, temperature: state.cart.temperature };
   if (state.cart.like) params.like = state.cart.like;  // "more like this": SEED:INDEX of the source voice
+  if (state.cart.mutate) {  // "mutate": 32 mutants of voice SEED:INDEX, AMOUNT of their values changed
+    params.mutate = state.cart.mutate;
+    params.amount = state.cart.amount;
+  }
   return params;
 }
 
@@ -54,12 +58,12 @@ function play(params) {
   player.play().catch(() => {});  // a browser may refuse to start sound before the first click
 }
 
-async function loadCartridge(seed, temperature, how, like = null) {
+async function loadCartridge(seed, temperature, how, source = {}) {
   status("sampling...");
   const generation = ++state.generation;
   const params = { temperature };
   if (seed !== null) params.seed = seed;
-  if (like) params.like = like;
+  for (const key of ["like", "mutate", "amount"]) if (source[key]) params[key] = source[key];
   let cart;
   try {
     cart = await api("/api/cartridge", params);
@@ -76,7 +80,8 @@ async function loadCartridge(seed, temperature, how, like = null) {
   if (how === "push") history.pushState(null, "", address);
   else history.replaceState(null, "", address);
   showVoices();
-  status(`seed ${cart.seed}, temperature ${cart.temperature}` + (cart.like ? `, like voice ${cart.like}` : ""));
+  status(`seed ${cart.seed}, temperature ${cart.temperature}` + (cart.like ? `, like voice ${cart.like}` : "")
+         + (cart.mutate ? `, mutants of voice ${cart.mutate} (${Math.round(100 * cart.amount)}% of values)` : ""));
   if (state.selected !== null) await select(state.selected);
 }
 
@@ -200,7 +205,7 @@ function fromAddress() {
   const params = new URLSearchParams(location.search);
   const seed = params.get("seed");
   return { seed: seed === null ? randomSeed() : seed, temperature: params.get("temperature") ?? "1",
-           like: params.get("like") };
+           source: { like: params.get("like"), mutate: params.get("mutate"), amount: params.get("amount") } };
 }
 
 async function start() {
@@ -232,13 +237,16 @@ async function start() {
     decode();
   });
   $("more-like").addEventListener("click", () => loadCartridge(
-    randomSeed(), state.cart.temperature, "push", `${state.cart.seed}:${state.selected}`));
+    randomSeed(), state.cart.temperature, "push", { like: `${state.cart.seed}:${state.selected}` }));
+  $("mutate").addEventListener("click", () => loadCartridge(
+    randomSeed(), state.cart.temperature, "push",
+    { mutate: `${state.cart.seed}:${state.selected}`, amount: $("amount").value / 100 }));
   window.addEventListener("popstate", () => {
-    const { seed, temperature, like } = fromAddress();
-    loadCartridge(seed, temperature, "replace", like);
+    const { seed, temperature, source } = fromAddress();
+    loadCartridge(seed, temperature, "replace", source);
   });
-  const { seed, temperature, like } = fromAddress();
-  await loadCartridge(seed, temperature, "replace", like);
+  const { seed, temperature, source } = fromAddress();
+  await loadCartridge(seed, temperature, "replace", source);
 }
 
 start();
