@@ -176,14 +176,17 @@ def create(workdir, meta, params, opt_state):
 def _drop_closed_loop_noise():
     """orbax reads a checkpoint's arrays concurrently. When one read fails it closes its event loop
     while TensorStore's other reads still run; each of those then reports `RuntimeError: Event loop
-    is closed` as an unraisable error, dozens of tracebacks around the one-line error. They say
-    nothing the error does not: this process drops them (other unraisable errors still print)."""
+    is closed` as an unraisable error, and a read whose failure nobody awaited reports it from its
+    orbax coroutine: dozens of tracebacks around the one-line error. They say nothing the error
+    does not: this process drops them (other unraisable errors still print)."""
     if getattr(sys.unraisablehook, "drops_closed_loop", False):
         return
     previous = sys.unraisablehook
 
     def hook(unraisable):
-        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+        closed = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)  # a coroutine's
+        if not (closed or "orbax" in getattr(code, "co_filename", "")):
             previous(unraisable)
     hook.drops_closed_loop = True
     sys.unraisablehook = hook

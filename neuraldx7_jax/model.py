@@ -204,7 +204,12 @@ class Decoder(nn.Module):
             values = nn.Embed(V, cfg.features, embedding_init=nn.initializers.normal(1.0),
                               name="value_embedding")(x_BxN)
             mask = self.param("mask_embedding", nn.initializers.zeros, (cfg.features,))
-            x = x + g[None] * jnp.where(hidden_BxN[..., None], mask[None, None], values)
+            e_BxNxF = jnp.where(hidden_BxN[..., None], mask[None, None], values)
+            # Each position also reads every other position's value directly, through a learned
+            # (N, N) mixing (zero at first): attention alone, near uniform over 155 places at first,
+            # passed a value on at 1/155 of its weight and never learned to copy one place to another.
+            mixing = self.param("value_mixing", nn.initializers.zeros, (N, N))
+            x = x + g[None] * (e_BxNxF + jnp.einsum("ij,bjf->bif", mixing, e_BxNxF))
         for i in range(cfg.decoder_layers or cfg.layers):
             film = FeedForwardGELU(2 * cfg.features, cfg.gelu_approximate, name=f"film_{i}")(c_BxNxZ)
             g_c, b_c = jnp.split(film, 2, axis=-1)
