@@ -1,5 +1,7 @@
 """The masked decoder (`ModelConfig.decoder = "masked"`): what it reads, how it trains, how it
 samples, and `mutate`."""
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +120,31 @@ def test_mutants_keep_their_groups_and_differ(decoder, random_model, random_mask
                                                          count=32, seed=4)[0])
     with pytest.raises(Error, match="amount"):
         sample.mutate(model, source, amount=0.0)
+
+
+def test_the_mutate_command_writes_cartridges_of_mutants(trained, shared_data, tmp_path, capsys):
+    from neuraldx7_jax.cli import main
+
+    work, _ = trained
+    rom = shared_data / "factory" / "rom1a.syx"
+    code = main(["mutate", f"{rom}:1", "--out", str(tmp_path / "m.syx"), "--amount", "0.3", "--keep", "op1",
+                 "algorithm", "--count", "2", "--checkpoint", str(work)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("32 mutants; values changed:") == 2
+    source = dx7.load(rom)[0]
+    keep = dx7.group_mask(("op1", "algorithm", "name"))
+    both = np.concatenate([dx7.load(tmp_path / f"m_00{i}.syx") for i in (1, 2)])
+    assert len(both) == 64 and dx7.is_valid(both).all() and (both[:, keep] == source[keep]).all()
+    assert len(np.unique(both[:, dx7.NON_NAME], axis=0)) == 64  # all distinct, none the source's
+    assert not (both[:, dx7.NON_NAME] == source[dx7.NON_NAME]).all(-1).any()
+    code = main(["mutate", str(rom), "--out", str(tmp_path / "f.syx"), "--checkpoint", str(work)])
+    assert code == 0 and len(dx7.load(tmp_path / "f.syx")) == 32  # each voice of the file once
+    assert [dx7.voice_name(v) for v in dx7.load(tmp_path / "f.syx")] == [dx7.voice_name(v) for v in dx7.load(rom)]
+    capsys.readouterr()
+    for bad, words in ((["--amount", "0"], "amount"), (["--keep", "op7"], "invalid choice")):
+        with pytest.raises(SystemExit) if "op7" in bad else contextlib.nullcontext():
+            code = main(["mutate", f"{rom}:1", "--out", str(tmp_path / "x.syx"), *bad, "--checkpoint", str(work)])
+            assert code == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "x.syx").exists()
+
