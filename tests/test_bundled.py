@@ -1,7 +1,7 @@
 """The model shipped in the package: the quick start's `neuraldx7 generate --out cart.syx`."""
 import numpy as np
 
-from neuraldx7_jax import checkpoint, cli, config, dx7, names, priors, sample, studies
+from neuraldx7_jax import checkpoint, cli, config, dx7, names, priors, studies
 
 
 def test_generate_with_the_bundled_model(tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import random_voices
-from neuraldx7_jax import checkpoint, config, dx7, sample, train
+from neuraldx7_jax import config, dx7, sample, train
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.model import VAE
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import random_voices
-from neuraldx7_jax import checkpoint, cli, config, data, devices, priors, sample, train
+from neuraldx7_jax import checkpoint, cli, config, data, devices, priors, train
 from neuraldx7_jax.errors import Error
 
 
