@@ -58,8 +58,9 @@ class ModelConfig:
     compute_dtype: str = "float32"
     # What the decoder reads besides z: "independent" (nothing: each value is drawn independently
     # given z, the original) or "masked" (also the values of a chosen subset of the parameters,
-    # a learned mask embedding standing for the rest; trained with a uniformly random share hidden
-    # per voice, an any-order autoregressive bound, and sampled by unmasking in `decode_passes`).
+    # through a learned coupling of every pair of fields (model.Reader); trained with a uniformly
+    # random share hidden per voice, an any-order autoregressive bound, and sampled by unmasking
+    # in a few passes).
     decoder: str = "independent"
 
     def __post_init__(self):
