@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from neuraldx7_jax import dx7, files
+from neuraldx7_jax import dx7, files, loudness
 from neuraldx7_jax.errors import Error
 
 SAMPLE_RATE = 48000  # Hz, the default of every render
-SILENCE_DBFS = dx7.SILENCE_DBFS  # a voice whose RMS at C4 is not above this is silent
+SILENCE_DBFS = loudness.SILENCE_DBFS  # a voice whose RMS at C4 is not above this is silent
 RELEASE_SECONDS = 0.5  # tail after note-off; at most a third of the render
 DEXED_GAIN = 1 / 8  # dexed-py's floats are the engine's int32 / 2**25; Dexed itself plays int32 / 2**28
 MAX_SECONDS = 60.0  # longest render accepted

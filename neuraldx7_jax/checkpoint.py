@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from neuraldx7_jax import dx7, files, names
-from neuraldx7_jax.config import LATENT_SPAN, Config
+from neuraldx7_jax.config import CHECKPOINT_EVERY, KEEP, LATENT_SPAN, Config
 from neuraldx7_jax.errors import Error
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
@@ -118,7 +118,7 @@ _HANDLERS = dict(params=ocp.StandardCheckpointHandler, opt_state=ocp.StandardChe
 class Run:
     """The checkpoints of a training work directory: `with Run(workdir) as run: run.meta()`."""
 
-    def __init__(self, workdir, *, keep=3, interval=1000, create=True):
+    def __init__(self, workdir, *, keep=KEEP, interval=CHECKPOINT_EVERY, create=True):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=create)
         self._mngr = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
                                            item_handlers={k: h() for k, h in _HANDLERS.items()})

@@ -25,6 +25,15 @@ LATENT_SPAN = 3.0
 # Seconds a process of a multi-process run may stay silent before the others stop (JAX's default).
 HEARTBEAT_S = 100
 SEEDS = 2 ** 32  # a seed is in 0..SEEDS-1, what a JAX key holds (larger ones used to wrap around)
+# The priors latents can be drawn from by name (`priors.prior_of`, --prior).
+PRIORS = ("mixture", "gaussian", "standard")
+# `variations --redraw` draws at most this many times the count (`sample.variations`).
+REDRAW_FACTOR = 16
+# The MIDI backends of live control, ports and send (`midi.BACKENDS`, --backend).
+MIDI_BACKENDS = ("jack", "rtmidi")
+# A run's schedule by default (`neuraldx7 train`, `checkpoint.Run`): steps between checkpoints,
+# checkpoints kept, steps between validation runs, steps between metric lines.
+CHECKPOINT_EVERY, KEEP, EVAL_EVERY, LOG_EVERY = 1000, 3, 1000, 50
 
 
 def check_seed(seed):

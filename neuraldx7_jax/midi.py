@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from neuraldx7_jax import dx7
+from neuraldx7_jax import config, dx7
 from neuraldx7_jax.errors import Error
 
 RESEND_CYCLES = 100  # JACK: an xrun up to this many cycles (0.5 s at 256/48k) after a new voice sends it again
@@ -574,7 +574,7 @@ class RtmidiLink(Link):
         return name
 
 
-BACKENDS = {"jack": JackLink, "rtmidi": RtmidiLink}  # the MIDI backends, each one adapter class
+BACKENDS = dict(zip(config.MIDI_BACKENDS, (JackLink, RtmidiLink)))  # the MIDI backends, each one adapter class
 
 
 def choose_backend(backend=None):

@@ -10,6 +10,7 @@ import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import dx7
+from neuraldx7_jax.config import PRIORS
 from neuraldx7_jax.errors import Error
 
 
@@ -20,9 +21,6 @@ class Prior(NamedTuple):
     means: np.ndarray  # (K, Z)
     chols: np.ndarray  # (K, Z, Z) lower-triangular: component c's covariance is chols[c] @ chols[c].T
     name: str  # "mixture", "gaussian" (fitted to the training set's latents), "standard" (N(0, I)) or "like"
-
-
-PRIORS = ("mixture", "gaussian", "standard")
 
 
 PRIOR_DRAWS = 1  # posterior draws per training voice that the stored priors are fitted to

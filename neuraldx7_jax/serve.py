@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7, priors, sample
+from neuraldx7_jax import cartridges, dx7, priors, sample
 from neuraldx7_jax.config import MUTATE_AMOUNT, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
@@ -245,7 +245,7 @@ class App:
             lock.release()
 
     def cartridge_voices(self, seed, temperature, like=None):
-        """The `sample.Cartridge` (seed, temperature): what `neuraldx7 generate --seed SEED
+        """The `cartridges.Cartridge` (seed, temperature): what `neuraldx7 generate --seed SEED
         --temperature T` writes; with `like` ("like", (seed, index), None), new voices near voice
         `index` of cartridge (seed, temperature), as `generate --like` draws them ("more like
         this"); with ("mutate", (seed, index), amount), 32 mutants of that voice, as `neuraldx7
@@ -256,9 +256,9 @@ class App:
                 if like is not None and like[0] == "mutate":
                     mutants, _ = sample.mutate(self.model, near[None], amount=like[2], count=CARTRIDGE, seed=seed)
                     z = np.repeat(sample.encode(self.model, near[None])["zk"], CARTRIDGE, axis=0)
-                    return sample.Cartridge(z, mutants[0], {}, np.arange(CARTRIDGE), {})
+                    return cartridges.Cartridge(z, mutants[0], {}, np.arange(CARTRIDGE), {})
                 prior = None if near is None else priors.like_prior(self.model, near[None], seed=seed)
-                return next(sample.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
+                return next(cartridges.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
         return self._cartridges.get((seed, temperature, like), make)
 
     def voice(self, seed, temperature, index, z=None, like=None):
@@ -274,7 +274,7 @@ class App:
         with self._turn(self._slots, "the model slots"):
             voice = sample.decode(self.model, rows, temperature=temperature, seed=seed, batch=CARTRIDGE,
                                   first_block=row // CARTRIDGE)[row % CARTRIDGE]
-            return z, sample.name_voices(self.model, z[None], voice[None])[0]
+            return z, cartridges.name_voices(self.model, z[None], voice[None])[0]
 
     def wav(self, voice, note):
         """WAV bytes of one note of `voice` rendered through Dexed (the `audio` extra)."""

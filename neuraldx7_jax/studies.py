@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
 from neuraldx7_jax import data as data_lib
-from neuraldx7_jax import devices, dx7, names, priors, sample, train
+from neuraldx7_jax import devices, dx7, loudness, names, priors, sample, train
 from neuraldx7_jax.config import HEARTBEAT_S, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 
@@ -129,7 +129,7 @@ class RowSet:
 
 def count_uniqueness(chunks, *, training=None, training_keys=None, across_processes=False):
     """Uniqueness of a stream of (n, 155) voice chunks: samples, distinct (over the 155 values),
-    valid, estimated audible (`dx7.estimated_silent`), and given the training voices, novel (no
+    valid, estimated audible (`loudness.estimated_silent`), and given the training voices, novel (no
     training voice equal on the 145 non-name values) and training_copies (equal on all 155);
     given only their `training_keys` (`training_facts`), novel. Fractions are of the samples.
     `across_processes`: each process counted its own chunks; the figures are of them all."""
@@ -140,7 +140,7 @@ def count_uniqueness(chunks, *, training=None, training_keys=None, across_proces
     for voices in chunks:
         n += len(voices)
         valid += int(dx7.is_valid(voices).sum())
-        audible += int((~dx7.estimated_silent(voices)).sum())
+        audible += int((~loudness.estimated_silent(voices)).sum())
         distinct.add(voices)
         if training is not None:
             novel += int((~same_params.contains(voices[:, dx7.NON_NAME])).sum())
@@ -269,7 +269,7 @@ def evaluate_voices(model, voices, *, training=None, reference=None, seed=0):
     """Validity of each voice and, over the valid ones: the model's reconstruction accuracy
     (posterior mean, argmax), CE and -ELBO per parameter (nats; `train.evaluate`), beside the
     per-parameter marginal baseline of `training` voices (default: the value counts stored with
-    the model; None without either); the estimated audible fraction (`dx7.estimated_silent`);
+    the model; None without either); the estimated audible fraction (`loudness.estimated_silent`);
     the names (`names.name_figures`, distinct names per 32-voice cartridge); given `training`
     voices, the median distance to the nearest of them (`nearest_distances`); and given
     `reference` voices, the mean marginal TV over the 145 non-name parameters and the algorithm's,
@@ -292,7 +292,7 @@ def evaluate_voices(model, voices, *, training=None, reference=None, seed=0):
         model.training["value_counts"] if model.training is not None else None)
     if counts is not None:
         report["baseline"] = baseline_figures(marginal_baseline(counts), good)
-    report["estimated_audible_fraction"] = float(1 - dx7.estimated_silent(good).mean())
+    report["estimated_audible_fraction"] = float(1 - loudness.estimated_silent(good).mean())
     carts = [names.name_figures(voices[i:i + 32])["distinct_names"] for i in range(0, len(voices) - 31, 32)]
     report["names"] = dict(names.name_figures(voices), distinct_names_per_cartridge=(
         float(np.mean(carts)) if carts else None))

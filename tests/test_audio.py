@@ -6,7 +6,7 @@ import wave
 import numpy as np
 import pytest
 
-from neuraldx7_jax import audio, cli, dx7
+from neuraldx7_jax import audio, cli, dx7, loudness
 from neuraldx7_jax.commands.audio import parse_voices
 from neuraldx7_jax.errors import Error
 
@@ -166,7 +166,7 @@ def test_render_command_errors(shared_data, tmp_path, capsys):
 
 
 def _silent_in_dexed(voices):
-    return np.array([audio.loudness(audio.render(v))["rms_dbfs"] <= dx7.SILENCE_DBFS for v in voices])
+    return np.array([audio.loudness(audio.render(v))["rms_dbfs"] <= loudness.SILENCE_DBFS for v in voices])
 
 
 def _precision_recall(truth, estimate):
@@ -185,5 +185,5 @@ def test_the_loudness_estimate_tells_silent_voices_as_dexed_does(dexed, shared_d
     generated = sample.sample_prior(checkpoint.load(None), 1024, seed=0, prior="standard")
     for voices in (real, generated):
         truth = _silent_in_dexed(voices)
-        precision, recall = _precision_recall(truth, dx7.estimated_silent(voices))
+        precision, recall = _precision_recall(truth, loudness.estimated_silent(voices))
         assert truth.sum() >= 20 and precision >= 0.9 and recall >= 0.9, (truth.sum(), precision, recall)

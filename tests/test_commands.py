@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, random_voices
-from neuraldx7_jax import checkpoint, config, data, dx7, files, priors, sample, studies
+from neuraldx7_jax import cartridges, checkpoint, config, data, dx7, files, priors, sample, studies
 from neuraldx7_jax.cli import main
 from neuraldx7_jax.commands import generate, options
 from neuraldx7_jax.commands import train as train_command
@@ -87,11 +87,11 @@ def test_a_tiny_temperature_is_the_argmax_in_generate(trained, tmp_path, capsys)
 
 def test_a_model_without_32_usable_voices_says_what_it_kept(trained, tmp_path, capsys, monkeypatch):
     work, _ = trained
-    monkeypatch.setattr(sample, "MAX_CANDIDATES", 40)  # a cap the tiny model reaches quickly
+    monkeypatch.setattr(cartridges, "MAX_CANDIDATES", 40)  # a cap the tiny model reaches quickly
     model = checkpoint.load(work)
-    every = next(sample.cartridges(model, 1, temperature=1.0, seed=1))
+    every = next(cartridges.cartridges(model, 1, temperature=1.0, seed=1))
     facts = data.training_facts(every.voices)  # as if all it makes were training voices (its prior kept)
-    cart = next(sample.cartridges(model._replace(training={**model.training, **facts}), 1, temperature=1.0, seed=1))
+    cart = next(cartridges.cartridges(model._replace(training={**model.training, **facts}), 1, temperature=1.0, seed=1))
     assert sum(cart.redrawn.values()) == 40 and sum(cart.kept.values()) > 0 and "training_copy" in cart.kept
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "c.syx", "--temperature", 0, "--checkpoint", work)
     assert code == 0 and ("note: after 40 candidates it kept" in out) == ("redrew 40" in out)
@@ -203,9 +203,9 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
     assert code == 0 and "standard prior" in out
     model = checkpoint.load(work)  # without --temperature: 1, values sampled
-    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior=priors.like_prior(model, np.asarray(brass), seed=0)))
+    expected = next(cartridges.cartridges(model, 1, temperature=1.0, seed=0, prior=priors.like_prior(model, np.asarray(brass), seed=0)))
     np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
-    standard = next(sample.cartridges(model, 1, temperature=1.0, seed=0, prior="standard"))
+    standard = next(cartridges.cartridges(model, 1, temperature=1.0, seed=0, prior="standard"))
     np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)
     for argv, message in [(["--name", "BRASS"], "give --like too"),
                           (["--like", rom, "--prior", "standard"], "give one"),
@@ -260,10 +260,6 @@ def test_a_launcher_reads_what_the_command_reads(name):
     options.define_flags(table, fv)
     fv(["launcher", *theirs])
     assert {o.name: parsed[o.name] for o in table} == {o.name: fv[o.name].value for o in table}
-
-
-def test_the_option_tables_name_the_libraries_constants():
-    assert options.PRIORS == priors.PRIORS and options.REDRAW_FACTOR == sample.REDRAW_FACTOR
 
 
 def test_a_launcher_runs_the_command(trained):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_random_model, random_voices  # noqa: F401  (the subprocess below uses the first)
-from neuraldx7_jax import checkpoint, config, data, dx7, priors, sample, studies
+from neuraldx7_jax import cartridges, data, dx7, priors, sample, studies
 from neuraldx7_jax.errors import Error
 
 HERE = Path(__file__).resolve().parent
@@ -109,7 +109,7 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
               f"assert jax.device_count() == 4\n"
               f"m = t.make_random_model(); v = np.load({str(tmp_path / 'voices.npy')!r})\n"
               f"np.savez({str(tmp_path / 'four.npz')!r}, **t.sampler_outputs(m, v))\n"
-              f"list(t.sample.generate_cartridges(m, {str(tmp_path / 'four.syx')!r}, count=1, temperature=1.0, seed=9))\n")
+              f"list(t.cartridges.generate_cartridges(m, {str(tmp_path / 'four.syx')!r}, count=1, temperature=1.0, seed=9))\n")
     np.save(tmp_path / "voices.npy", voices)
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
@@ -119,35 +119,8 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
             np.testing.assert_allclose(four[name], one, rtol=1e-5, atol=1e-5)  # float sums regroup
         else:
             np.testing.assert_array_equal(four[name], one, err_msg=name)
-    list(sample.generate_cartridges(model, tmp_path / "one.syx", count=1, temperature=1.0, seed=9))
+    list(cartridges.generate_cartridges(model, tmp_path / "one.syx", count=1, temperature=1.0, seed=9))
     assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "four.syx").read_bytes()
-
-
-def test_generate_cartridges(model, tmp_path):
-    written = list(sample.generate_cartridges(model, tmp_path / "c.syx", count=3, temperature=1.0, seed=2, batch=32))
-    assert [p.name for p, _ in written] == ["c_001.syx", "c_002.syx", "c_003.syx"]
-    every = np.concatenate([cart.voices for _, cart in written])
-    for path, cart in written:
-        v = dx7.load(path)
-        np.testing.assert_array_equal(v, cart.voices)
-        assert v.shape == (32, dx7.N_PARAMS) and dx7.is_valid(v).all()
-        assert ((v[:, dx7.NAME] >= 32) & (v[:, dx7.NAME] <= 126)).all()
-    assert not dx7.estimated_silent(every).any()
-    assert len(np.unique(every[:, dx7.NON_NAME], axis=0)) == 96  # no voice twice, names aside
-    assert sum(written[0][1].redrawn.values()) > 0  # random weights make silent voices: redrawn
-    alone = list(sample.generate_cartridges(model, tmp_path / "one.syx", count=1, temperature=1.0, seed=2))
-    assert alone[0][0] == tmp_path / "one.syx"  # cartridge 1 does not depend on the count
-    assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "c_001.syx").read_bytes()
-    kept = next(sample.cartridges(model, 1, temperature=1.0, seed=2, allow_silent=True))
-    assert kept.redrawn["silent"] == 0 and dx7.estimated_silent(kept.voices).any()
-
-
-def test_cartridges_redraw_copies_of_training_voices(model):
-    first = next(sample.cartridges(model, 1, temperature=0.0, seed=4))
-    facts = data.training_facts(first.voices[:5])  # as if these five were the training set
-    again = next(sample.cartridges(model._replace(training=facts), 1, temperature=0.0, seed=4))
-    assert again.redrawn["training_copy"] == 5
-    np.testing.assert_array_equal(again.voices[:27, dx7.NON_NAME], first.voices[5:, dx7.NON_NAME])
 
 
 def test_the_fitted_prior_moves_and_shapes_the_same_noise(model):
@@ -218,105 +191,6 @@ def test_clean_names_and_save_voices(tmp_path):
     assert data.cartridge_paths("out.syx", 1000)[-1] == Path("out_1000.syx")
 
 
-def brute_force(samples, training):
-    rows = [bytes(r) for r in samples]
-    params = {bytes(r[dx7.NON_NAME]) for r in training}
-    whole = {bytes(r) for r in training}
-    return dict(samples=len(rows), distinct=len(set(rows)),
-                novel=sum(bytes(r[dx7.NON_NAME]) not in params for r in samples),
-                training_copies=sum(r in whole for r in rows))
-
-
-def test_uniqueness_counts_match_brute_force():
-    rng = np.random.default_rng(0)
-    training = rng.integers(0, 4, (300, dx7.N_PARAMS)).astype(np.uint8)
-    training[200:] = training[:100]  # training voices differing only by name
-    training[200:, dx7.NAME] = rng.integers(32, 127, (100, 10))
-    fresh = rng.integers(0, 4, (500, dx7.N_PARAMS)).astype(np.uint8)
-    renamed = training[rng.integers(0, 300, 60)].copy()
-    renamed[:, 150] = 200  # same parameters, a name no training voice has
-    samples = np.concatenate([fresh, fresh[:80], training[rng.integers(0, 300, 90)], renamed,
-                              fresh[rng.integers(0, 500, 100)]])
-    samples = samples[rng.permutation(len(samples))]
-    samples[:5, 0] = 120  # invalid values count as values
-    counts = studies.count_uniqueness(np.array_split(samples, 13), training=training)
-    expected = brute_force(samples, training)
-    assert {k: counts[k] for k in expected} == expected
-    assert expected["training_copies"] == 90 and expected["novel"] <= expected["samples"] - 150
-    assert counts["unique_fraction"] == expected["distinct"] / len(samples)
-    assert counts["valid_fraction"] == dx7.is_valid(samples).mean()
-    assert counts["novel_fraction"] == expected["novel"] / len(samples)
-    alone = studies.count_uniqueness([samples])
-    assert alone["distinct"] == expected["distinct"] and alone["novel"] is None
-
-
-def test_distinct_counter_merges_exactly():
-    rng = np.random.default_rng(1)
-    rows = rng.integers(0, 3, (5000, dx7.N_PARAMS)).astype(np.uint8)
-    rows[::7] = rows[0]
-    counter = studies.DistinctCounter(merge_at=100)  # many merges
-    for part in np.array_split(rows, 50):
-        counter.add(part)
-    assert len(counter) == len({bytes(r) for r in rows})
-    counter.add(rows[:10])
-    assert len(counter) == len({bytes(r) for r in rows})
-
-
-def test_row_set_is_exact_despite_key_collisions(monkeypatch):
-    monkeypatch.setattr(data, "_HASH", np.ones_like(data._HASH))  # the key is the row sum
-    rows = np.array([[1, 2, 3], [3, 2, 1], [2, 2, 2], [0, 0, 9]], np.uint8)
-    members = studies.RowSet(rows[:3])
-    np.testing.assert_array_equal(members.contains(np.array([[2, 2, 2], [1, 1, 4], [3, 2, 1], [0, 0, 9]])),
-                                  [True, False, True, False])
-
-
-def test_duplicates_study(model):
-    training = sample.sample_prior(model, 64, temperature=1.0, seed=1, batch=32)
-    result = studies.duplicates_study(model, 96, batch=32, temperature=1.0, seed=1, training=training,
-                                     progress=False)
-    assert result["samples"] == 96 and result["valid_fraction"] == 1.0
-    assert result["training_copies"] == 64  # the same seed draws the training voices again
-    assert result["throughput"] > 0
-
-
-def test_marginal_baseline():
-    rng = np.random.default_rng(2)
-    training = rng.integers(0, dx7.MAX.astype(int) + 1, (200, dx7.N_PARAMS)).astype(np.uint8)
-    probs = studies.marginal_baseline(data.value_counts(training))
-    np.testing.assert_allclose(probs.sum(-1), 1.0)
-    assert (probs[~dx7.value_mask()] == 0).all() and (probs[dx7.value_mask()] > 0).all()
-    i = 134  # ALG
-    np.testing.assert_allclose(probs[i, :32], (np.bincount(training[:, i], minlength=32) + 1) / (200 + 32))
-    figures = studies.baseline_figures(probs, training[:50])
-    mode = probs.argmax(-1)
-    assert figures["mode_accuracy"] == pytest.approx((training[:50] == mode).mean())
-    expected_ce = -np.mean([np.log(probs[j, v]) for r in training[:50] for j, v in enumerate(r)])
-    assert figures["ce_per_param"] == pytest.approx(expected_ce)
-
-
-def test_c2st_tells_histogram_voices_from_real_ones_but_not_real_from_real(shared_data, sklearn):
-    factory = np.concatenate([dx7.load(f) for f in sorted((shared_data / "factory").glob("*.syx"))])
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(factory))
-    half, other = factory[order[:512]], factory[order[512:]]
-    same = studies.c2st(half, other, seed=1)
-    assert 0.4 < same["accuracy"] < 0.6 and same["voices"] == 512 and len(same["folds"]) == 5
-    assert studies.c2st(half, other, seed=1) == same  # a seed gives the same figure
-    # Each value redrawn from its parameter's histogram over the factory voices: right marginals, no joint.
-    counts = data.value_counts(factory)
-    redrawn = np.stack([rng.choice(dx7.N_VALUES, 256, p=c / c.sum()) for c in counts], 1).astype(np.uint8)
-    assert studies.marginal_tv(redrawn, half)[dx7.NON_NAME].mean() < 0.15  # the marginal figure barely sees it
-    different = studies.c2st(redrawn, other, seed=1)
-    assert different["accuracy"] > 0.8 and different["voices"] == 256  # the larger set is subsampled
-
-
-def test_c2st_without_scikit_learn_says_what_it_needs(monkeypatch):
-    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:
-        monkeypatch.setitem(sys.modules, name, None)  # as if the realism extra were not installed
-    with pytest.raises(Error, match=r"needs scikit-learn: pip install 'neuraldx7-jax\[realism\]'"):
-        studies.c2st(random_voices(8), random_voices(8, seed=1))
-
-
 def test_load_voice_specs(tmp_path, voices):
     dx7.save_cartridge(tmp_path / "c.syx", voices[:32])
     np.testing.assert_array_equal(data.load_voice(f"{tmp_path / 'c.syx'}:2"), voices[1])
@@ -328,14 +202,6 @@ def test_load_voice_specs(tmp_path, voices):
                 f"{tmp_path / 'nope.syx'}:1"):
         with pytest.raises((Error, OSError)):
             data.load_voice(bad)
-
-
-def test_training_voices_when_the_dataset_is_gone(model):
-    gone = model._replace(meta=checkpoint.Meta(config.test(), dataset=checkpoint.Dataset("/nonexistent/data.npz", 1, 0)))
-    voices, path, why = studies.training_voices(gone)
-    assert voices is None and path == "/nonexistent/data.npz" and "not found" in why
-    with pytest.raises(Error):
-        studies.training_voices(gone, "/nonexistent/other.npz")
 
 
 @pytest.mark.parametrize("temperature", [1e-40, 1e-45, 1e-37])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import random_voices
-from neuraldx7_jax import checkpoint, cli, config, data, dx7, priors, sample, serve, train
+from neuraldx7_jax import cartridges, checkpoint, cli, config, data, dx7, priors, sample, serve, train
 from neuraldx7_jax.errors import Error
 
 CHROMIUM = "/usr/bin/chromium"
@@ -91,7 +91,7 @@ def get_json(url):
 
 def cartridge_bytes(model, seed, temperature, tmp_path):
     """What `neuraldx7 generate --seed SEED --temperature T` writes."""
-    (path, _), = sample.generate_cartridges(model, tmp_path / f"{seed}_{temperature}.syx", count=1, temperature=temperature, seed=seed)
+    (path, _), = cartridges.generate_cartridges(model, tmp_path / f"{seed}_{temperature}.syx", count=1, temperature=temperature, seed=seed)
     return path.read_bytes()
 
 
@@ -297,7 +297,7 @@ def test_more_like_this_is_generate_like(url, app, model):
     source = app.cartridge_voices(3, 1.0).voices[6]
     got = get_json(url + "api/cartridge?seed=8&like=3:7")
     assert got["like"] == "3:7" and got["temperature"] == 1.0
-    expected = next(sample.cartridges(model, 1, temperature=1.0, seed=8, prior=priors.like_prior(model, source[None], seed=8)))
+    expected = next(cartridges.cartridges(model, 1, temperature=1.0, seed=8, prior=priors.like_prior(model, source[None], seed=8)))
     assert [v["name"] for v in got["voices"]] == [dx7.voice_name(v) for v in expected.voices]
     np.testing.assert_allclose(got["latents"], expected.z, rtol=1e-6)
     status, _, body = get(url + "api/cartridge.syx?seed=8&like=3:7")
@@ -359,13 +359,13 @@ def test_concurrent_requests_get_their_own_answers(url, app, model, tmp_path):
         if kind == "syx":
             assert answer == cartridge_bytes(model, seed, arg, tmp_path)
         elif kind == "edit":  # voice 9 moved to z: decoded with its own value noise (its stream row)
-            row = int(next(sample.cartridges(model, 1, temperature=0.5, seed=seed)).rows[8])
+            row = int(next(cartridges.cartridges(model, 1, temperature=0.5, seed=seed)).rows[8])
             rows = np.repeat(np.float32([arg]), 32, axis=0)
             voice = sample.decode(model, rows, temperature=0.5, seed=seed, batch=32, first_block=row // 32)[row % 32]
-            expected = sample.name_voices(model, np.float32([arg]), voice[None])[0]
+            expected = cartridges.name_voices(model, np.float32([arg]), voice[None])[0]
             assert answer["values"] == expected.tolist()
         else:
-            voice = next(sample.cartridges(model, 1, temperature=arg, seed=seed)).voices[5]
+            voice = next(cartridges.cartridges(model, 1, temperature=arg, seed=seed)).voices[5]
             assert answer == reference_wav(voice)
 
 
@@ -381,18 +381,18 @@ def test_a_burst_in_process_runs_a_few_model_calls_at_once_and_all_are_answered(
     good before model calls were bounded): at most MODEL_SLOTS run at once, each thread gets 200
     or a 503 with Retry-After once its wait for a slot expires, and the model answers afterwards."""
     running, peak, lock = [0], [0], threading.Lock()
-    cartridges = sample.cartridges
+    real = cartridges.cartridges
 
     def counted(*args, **kwargs):  # the real sampler, counting the calls inside it
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         try:
-            yield from cartridges(*args, **kwargs)
+            yield from real(*args, **kwargs)
         finally:
             with lock:
                 running[0] -= 1
-    monkeypatch.setattr(serve.sample, "cartridges", counted)
+    monkeypatch.setattr(serve.cartridges, "cartridges", counted)
     monkeypatch.setattr(app, "slot_seconds", 1.0)
     together = threading.Barrier(64)
 

@@ -6,9 +6,9 @@ library call and prints; the library is imported only when a command runs.
 import json
 
 from neuraldx7_jax import dx7
-from neuraldx7_jax.config import MUTATE_AMOUNT
-from neuraldx7_jax.commands.options import (AUDIO, BATCH, CHECKPOINT, JSON, PRIOR, PROCESSES, REDRAW_FACTOR, SEED,
-                                            TEMPERATURE, Option, processes, subcommand)
+from neuraldx7_jax.config import MUTATE_AMOUNT, REDRAW_FACTOR
+from neuraldx7_jax.commands.options import (AUDIO, BATCH, CHECKPOINT, JSON, PRIOR, PROCESSES, SEED, TEMPERATURE,
+                                            Option, processes, subcommand)
 
 GENERATE = (
     Option("out", required=True, help="the .syx file to write"),
@@ -39,10 +39,10 @@ def _counts(reasons):
     "OUT_001.syx, OUT_002.syx, ... Cartridge i depends only on the seed (and prior, --like, "
     "temperature), not on the count, the batch size or the number of devices."), GENERATE)
 def generate(a):
-    from neuraldx7_jax import sample
+    from neuraldx7_jax import cartridges
 
-    run = sample.generate(a.checkpoint, a.out, count=a.count, temperature=a.temperature, seed=a.seed,
-                          prior=a.prior, like=a.like, name=a.name, allow_silent=a.allow_silent)
+    run = cartridges.generate(a.checkpoint, a.out, count=a.count, temperature=a.temperature, seed=a.seed,
+                              prior=a.prior, like=a.like, name=a.name, allow_silent=a.allow_silent)
     if run.like is not None:
         print(f"near {run.like} voice(s) of {', '.join(a.like)}")
     for path, cart in run.cartridges:
@@ -50,7 +50,7 @@ def generate(a):
         print(f"wrote {path}: 32 voices from the {run.prior.name} prior"
               + (f"; redrew {sum(cart.redrawn.values())} ({redrawn})" if redrawn else ""))
         if cart.kept:
-            print(f"note: after {sample.MAX_CANDIDATES} candidates it kept {_counts(cart.kept)} voice(s): "
+            print(f"note: after {cartridges.MAX_CANDIDATES} candidates it kept {_counts(cart.kept)} voice(s): "
                   "the model gives too few usable ones (try a temperature above 0)")
         print(dx7.voice_table(cart.voices))
 
@@ -77,9 +77,9 @@ INTERPOLATE = (
     "DATASET.npz:SPLIT:INDEX. When STEPS is not a multiple of 32, the cartridge is filled up "
     "by repeating B's reconstruction."), INTERPOLATE)
 def interpolate(a):
-    from neuraldx7_jax import sample
+    from neuraldx7_jax import cartridges
 
-    voices, written = sample.write_interpolation(a.checkpoint, a.a, a.b, a.out, steps=a.steps, slerp=a.slerp)
+    voices, written = cartridges.write_interpolation(a.checkpoint, a.a, a.b, a.out, steps=a.steps, slerp=a.slerp)
     _print_cartridge(a.out, voices)
     if written > len(voices):
         print(f"    filled up to {written} voices with the last one")
@@ -101,10 +101,10 @@ VARIATIONS = (
     "passed through A's flows. SPREAD 0 gives A's reconstruction COUNT times; 1 samples the "
     "posterior itself."), VARIATIONS)
 def variations(a):
-    from neuraldx7_jax import data, sample
+    from neuraldx7_jax import cartridges, data
 
-    voices = sample.write_variations(a.checkpoint, a.a, a.out, count=a.count, spread=a.spread, seed=a.seed,
-                                     redraw=a.redraw)
+    voices = cartridges.write_variations(a.checkpoint, a.a, a.out, count=a.count, spread=a.spread, seed=a.seed,
+                                         redraw=a.redraw)
     _print_cartridge(a.out, voices)
     distinct = data.count_distinct(voices)
     hint = "" if distinct == len(voices) or a.redraw else "; --redraw replaces duplicates by new draws"
@@ -133,10 +133,10 @@ MUTATE = (
     "and no two in a cartridge are equal. With --count C > 1 the files are numbered: "
     "OUT_001.syx, OUT_002.syx, ..."), MUTATE)
 def mutate(a):
-    from neuraldx7_jax import sample
+    from neuraldx7_jax import cartridges
 
-    for path, voices, changed in sample.write_mutants(a.checkpoint, a.source, a.out, amount=a.amount,
-                                                      keep=tuple(a.keep or ()), count=a.count, seed=a.seed):
+    for path, voices, changed in cartridges.write_mutants(a.checkpoint, a.source, a.out, amount=a.amount,
+                                                          keep=tuple(a.keep or ()), count=a.count, seed=a.seed):
         print(f"wrote {path}: {len(voices)} mutants; values changed: {100 * changed.mean():.0f}% on average "
               f"({100 * changed.min():.0f}-{100 * changed.max():.0f}%)")
         print(dx7.voice_table(voices))

@@ -17,11 +17,11 @@ def _ccs(text):
 def live(parser):
     parser.description = (
         "Play a model from a MIDI controller: each knob (CC) moves one latent dimension, and the "
-        "voice of the newest position goes to the synth as a single-voice SysEx dump. The first 8 "
-        "distinct CCs to arrive take dimensions 1-8 (--cc or --mapping fix them); CC 0..127 sweeps "
-        "mean +/- 3 std of its dimension. Ports that go away are connected again when a port "
-        "matching the same pattern comes back. Ctrl-C stops and prints what went in and out. "
-        "See docs/live.md.")
+        "voice of the newest position goes to the synth as a single-voice SysEx dump. The first "
+        f"{live_lib.LEARN} distinct CCs to arrive take dimensions 1-{live_lib.LEARN} (--cc or --mapping fix "
+        f"them); CC 0..127 sweeps mean +/- {config.LATENT_SPAN:g} std of its dimension (--span). Ports that go "
+        "away are connected again when a port matching the same pattern comes back. Ctrl-C stops and "
+        "prints what went in and out. See docs/live.md.")
     parser.add_argument("--checkpoint", metavar="DIR",
                         help="a training work directory or its checkpoints/ folder (default: the bundled model)")
     parser.add_argument("--controller", metavar="PORT",

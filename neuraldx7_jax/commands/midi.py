@@ -1,13 +1,14 @@
 """MIDI commands: ports, send; and the backend options they share with `live`."""
 
 from neuraldx7_jax.commands.options import command
+from neuraldx7_jax.config import MIDI_BACKENDS
 
 BACKEND_HELP = ("jack: a JACK client; rtmidi: the system's MIDI through rtmidi (ALSA, CoreMIDI, "
                 "Windows MM, or the API --rtmidi-api names)")
 
 
 def backend_args(parser):
-    parser.add_argument("--backend", choices=("jack", "rtmidi"),
+    parser.add_argument("--backend", choices=MIDI_BACKENDS,
                         help=f"{BACKEND_HELP} (default: jack when a JACK server is running, else rtmidi)")
     parser.add_argument("--rtmidi-api", metavar="API",
                         help="rtmidi's API: jack, alsa, core or winmm (default: rtmidi's own for the system)")

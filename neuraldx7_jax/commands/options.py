@@ -4,11 +4,8 @@ cannot drift. Also the registry of the subcommands (`command`). Imports nothing 
 import sys
 from typing import Any, Callable, NamedTuple
 
-from neuraldx7_jax.config import HEARTBEAT_S, NEW_VOICE_TEMPERATURE
+from neuraldx7_jax.config import HEARTBEAT_S, NEW_VOICE_TEMPERATURE, PRIORS
 from neuraldx7_jax.errors import Error
-
-PRIORS = ("mixture", "gaussian", "standard")  # priors.PRIORS (a test checks), named here so --help imports no JAX
-REDRAW_FACTOR = 16  # sample.REDRAW_FACTOR
 
 
 class Option(NamedTuple):

@@ -3,7 +3,7 @@ import json
 import sys
 
 from neuraldx7_jax.commands.options import PROCESSES, Option, processes, subcommand
-from neuraldx7_jax.config import PRESETS
+from neuraldx7_jax.config import CHECKPOINT_EVERY, EVAL_EVERY, KEEP, LOG_EVERY, PRESETS
 
 
 OPTIONS = (
@@ -25,10 +25,10 @@ OPTIONS = (
            "checkpoint directory, or 'bundled'), with a fresh optimizer and schedules; its model "
            "config must be this run's"),
     Option("seed", int, 0, "seed of the initialisation, noise and data order"),
-    Option("checkpoint_every", int, 1000, "steps between checkpoints"),
-    Option("keep", int, 3, "checkpoints kept"),
-    Option("eval_every", int, 1000, "steps between validation runs"),
-    Option("log_every", int, 50, "steps between metric lines"),
+    Option("checkpoint_every", int, CHECKPOINT_EVERY, "steps between checkpoints"),
+    Option("keep", int, KEEP, "checkpoints kept"),
+    Option("eval_every", int, EVAL_EVERY, "steps between validation runs"),
+    Option("log_every", int, LOG_EVERY, "steps between metric lines"),
     *PROCESSES,
 )
 
