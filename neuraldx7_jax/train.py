@@ -219,8 +219,9 @@ def resolve_config(workdir, preset=None, overrides=(), **train_fields):
         raise Error(str(e)) from None
 
 
-def run(*, data, workdir, steps, config=None, overrides=(), seed=0, checkpoint_every=1000, keep=3,
-        eval_every=1000, log_every=50, init_from=None, distributed=False, coordinator=None, num_processes=None,
+def run(*, data, workdir, steps, config=None, overrides=(), seed=0,
+        checkpoint_every=config_lib.CHECKPOINT_EVERY, keep=config_lib.KEEP, eval_every=config_lib.EVAL_EVERY,
+        log_every=config_lib.LOG_EVERY, init_from=None, distributed=False, coordinator=None, num_processes=None,
         process_id=None, heartbeat_s=devices.HEARTBEAT_S, progress=True, announce=None, **train_fields):
     """What `neuraldx7 train` does: `resolve_config(workdir, config, overrides, **train_fields)`,
     `train_and_evaluate`, then what sampling needs of the data stored beside the checkpoints
@@ -240,8 +241,10 @@ def run(*, data, workdir, steps, config=None, overrides=(), seed=0, checkpoint_e
     return result
 
 
-def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0, checkpoint_every=1000, keep=3,
-                       eval_every=1000, log_every=50, progress=True, announce=None, init_from=None):
+def train_and_evaluate(cfg: Config, data, workdir, steps, *, seed=0,
+                       checkpoint_every=config_lib.CHECKPOINT_EVERY, keep=config_lib.KEEP,
+                       eval_every=config_lib.EVAL_EVERY, log_every=config_lib.LOG_EVERY, progress=True,
+                       announce=None, init_from=None):
     """Trains `cfg` on the dataset .npz `data` for `steps` steps in `workdir`, resuming from its
     latest checkpoint if there is one. A new run starts from the parameters of the trained model
     `init_from` (a checkpoint path, or "bundled"), if given, with a fresh optimizer and schedules
