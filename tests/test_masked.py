@@ -148,3 +148,30 @@ def test_the_mutate_command_writes_cartridges_of_mutants(trained, shared_data, t
         assert words in capsys.readouterr().err
     assert not (tmp_path / "x.syx").exists()
 
+
+
+@pytest.mark.slow
+def test_a_trained_masked_decoder_reads_the_values_it_is_shown():
+    """Through the real train step: voices whose OP5 rates, levels and scaling depths copy OP6's
+    (11 random values, more than the latent carries early on). Shown OP6 values that disagree with
+    the voice z was drawn for, the decoder predicts OP5's hidden values from what it is shown."""
+    from neuraldx7_jax import devices
+
+    cfg = config.override(config.test(), ["model.decoder=masked", "train.learning_rate=3e-3", "train.batch_size=32"])
+    a = np.arange(11)  # OP6 R1..BP, LD, RD (0..99); OP5's same fields are 21 places on
+    x = np.repeat(random_voices(1, seed=0).astype(np.int32), 4096, 0)
+    x[:, a] = np.random.default_rng(1).integers(0, 32, (len(x), len(a)))
+    x[:, a + 21] = x[:, a]
+    mesh = devices.make_mesh(cfg.model)
+    state, step = devices.replicate(train.init_state(cfg, 0), mesh), train.make_train_step(cfg, mesh)
+    rng = np.random.default_rng(2)
+    for _ in range(1000):
+        state, _ = step(state, x[rng.integers(0, len(x), 32)], jax.random.key(0))
+    shown = x[:256].copy()
+    shown[:, a] = (shown[:, a] + 7) % 32
+    hidden = np.zeros(shown.shape, bool)
+    hidden[:, a + 21] = True
+    z = jnp.zeros((256, cfg.model.latent))
+    logits = sample.decode_logits(cfg.model, state.params, z, jnp.asarray(shown), jnp.asarray(hidden))
+    predicted = np.asarray(logits)[:, a + 21].argmax(-1)
+    assert (predicted == shown[:, a]).mean() > 0.8
