@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from neuraldx7_jax import config, dx7, midi
+from neuraldx7_jax import config, dx7, midi, midi_link
 from neuraldx7_jax.errors import Error
 
 LEARN = 8  # the first LEARN distinct CC numbers received take latent dimensions 1..LEARN
@@ -136,7 +136,7 @@ class Engine:
 
     def handle(self, *messages):
         """Raw MIDI messages (bytes); True when a CC among them moved the latent."""
-        return self.receive(*midi.cc_arrays(messages)) > 0
+        return self.receive(*midi_link.cc_arrays(messages)) > 0
 
     def resend(self):
         """Asks for the current voice again (it may have been lost); only once one went out."""

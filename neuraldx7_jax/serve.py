@@ -3,33 +3,27 @@
 Every answer is a pure function of the request (seed, temperature, voice index, latent, note), so
 requests share only read-only state (the model, its compiled functions) and two caches behind a
 lock. Audio goes through the optional `audio` extra; without it the API and the page say how to
-install it. The standard library serves it (`http.server.ThreadingHTTPServer`): docs/serve.md says why.
+install it. `App` knows nothing of sockets: `webserver` is its hardened HTTP layer, and `run` puts
+the two together.
 """
 import collections
 import contextlib
-import http.server
 import importlib.util
-import json
 import math
 import re
 import secrets
-import socket
-import sys
 import threading
-import traceback
 import urllib.parse
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import cartridges, dx7, priors, sample
+from neuraldx7_jax import cartridges, dx7, priors, sample, webserver
 from neuraldx7_jax.config import MUTATE_AMOUNT, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
+from neuraldx7_jax.webserver import Response, error_response, json_response
 
-HOST = "127.0.0.1"
-PORT = 8000
 WEB = Path(__file__).resolve().parent / "web"
 CARTRIDGE = 32  # voices per cartridge, and rows per device call: one shape, compiled once
 MAX_SEED = 2 ** 32 - 1
@@ -38,24 +32,10 @@ NOTE_SECONDS = 1.5  # length of each rendered note
 AUDIO_INSTALL = 'pip install "neuraldx7-jax[audio]"'
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",  # nothing from
-            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}  # elsewhere, not in frames
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-IDLE_SECONDS = 10.0  # a connection that sends (or takes) nothing for this long is closed
-REQUEST_SECONDS = 30.0  # the request line and headers must have arrived by then, however trickled
-ANSWER_SECONDS = 60.0  # after the headers, the answer must have been sent by then, or the connection is cut
 MODEL_SLOTS = 4  # model calls running at once: XLA's CPU client wedged for good under 64 concurrent ones
 SLOT_SECONDS = 20.0  # a request waits this long for a model slot, then is answered 503 with Retry-After
 RETRY_SECONDS = 5  # the Retry-After of that 503
-BACKLOG = 128  # connections the kernel queues before accept (socketserver's default of 5 reset bursts)
-
-
-class Response(NamedTuple):
-    """One HTTP answer."""
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict = {}
 
 
 class BadRequest(Exception):
@@ -65,14 +45,6 @@ class BadRequest(Exception):
     def __init__(self, message, status=400, headers=None):
         super().__init__(message)
         self.status, self.headers = status, headers or {}
-
-
-def _json(obj, status=200, headers=None):
-    return Response(status, "application/json", json.dumps(obj).encode(), headers or {})
-
-
-def _error(status, message, headers=None):
-    return _json({"error": message, "status": status}, status, headers)
 
 
 class LruCache:
@@ -286,16 +258,16 @@ class App:
             return audio.wav_bytes(signal, audio.SAMPLE_RATE)
         return self._wavs.get((voice.tobytes(), note), make)
 
-    # The HTTP side: parse, dispatch, answer.
+    # The request's side: parse, dispatch, answer.
 
     def respond(self, method, target):
         """The answer to `method target`; client errors are 4xx with a JSON body {"error", "status"}."""
         url = urllib.parse.urlsplit(target)
         known = url.path in self.ROUTES or url.path in self._static
         if method not in ("GET", "HEAD") and (known or not target.startswith("/")):  # CONNECT's host:port
-            return _error(405, f"{method} is not allowed here; use GET", {"Allow": "GET, HEAD"})
+            return error_response(405, f"{method} is not allowed here; use GET", {"Allow": "GET, HEAD"})
         if not known:
-            return _error(404, f"no such page or endpoint: {url.path}")
+            return error_response(404, f"no such page or endpoint: {url.path}")
         if url.path in self._static:  # the page reads its own ?seed=&temperature=
             file = self._static[url.path]
             return Response(200, _TYPES[file.suffix], file.read_bytes())
@@ -308,23 +280,24 @@ class App:
                                  f"{', '.join(allowed) or 'no parameters'}")
             return getattr(self, name)(query)
         except BadRequest as e:
-            return _error(e.status, str(e), e.headers)
+            return error_response(e.status, str(e), e.headers)
         except Error as e:
-            return _error(400, str(e))
+            return error_response(400, str(e))
 
     def info(self, query):
-        return _json({"latent": self.latent, "low": self.low.tolist(), "center": self.center.tolist(),
-                      "high": self.high.tolist(), "range_source": self.range_source,
-                      "audio": self.audio, "audio_install": AUDIO_INSTALL, "voices": CARTRIDGE,
-                      "model": {"path": str(self.model.path), "step": self.model.meta.step}})
+        return json_response({"latent": self.latent, "low": self.low.tolist(), "center": self.center.tolist(),
+                              "high": self.high.tolist(), "range_source": self.range_source,
+                              "audio": self.audio, "audio_install": AUDIO_INSTALL, "voices": CARTRIDGE,
+                              "model": {"path": str(self.model.path), "step": self.model.meta.step}})
 
     def cartridge(self, query):
         seed = _whole(query, "seed", 0, MAX_SEED) if "seed" in query else secrets.randbelow(2 ** 31)
         temperature, like = _temperature(query), _like(query)
         cart = self.cartridge_voices(seed, temperature, like)
-        return _json({"seed": seed, "temperature": temperature, **_source_fields(like),
-                      "redrawn": cart.redrawn, "voices": [describe(i + 1, v) for i, v in enumerate(cart.voices)],
-                      "latents": cart.z.astype(np.float64).tolist()})
+        return json_response({"seed": seed, "temperature": temperature, **_source_fields(like),
+                              "redrawn": cart.redrawn,
+                              "voices": [describe(i + 1, v) for i, v in enumerate(cart.voices)],
+                              "latents": cart.z.astype(np.float64).tolist()})
 
     def cartridge_syx(self, query):
         seed, temperature, like = _whole(query, "seed", 0, MAX_SEED), _temperature(query), _like(query)
@@ -341,8 +314,8 @@ class App:
 
     def voice_json(self, query):
         request, z, voice = self._voice_request(query)
-        return _json({**request, **describe(request["index"], voice),
-                      "z": z.astype(np.float64).tolist(), "values": voice.tolist()})
+        return json_response({**request, **describe(request["index"], voice),
+                              "z": z.astype(np.float64).tolist(), "values": voice.tolist()})
 
     def voice_wav(self, query):
         note = _whole(query, "note", 0, 127, default=60)
@@ -362,166 +335,18 @@ def _attachment(filename):
     return {"Content-Disposition": f'attachment; filename="{filename}"'}
 
 
-def host_names(host, bound):
-    """The Host header names (lower case, IPv6 in brackets) the server answers: `localhost`, the
-    loopback addresses, the bound address and what --host names. Others are refused, so a page of
-    another origin cannot reach the API through DNS rebinding."""
-    names = {"localhost", "127.0.0.1", "[::1]"}
-    for name in (host, bound):
-        names.add(f"[{name.lower()}]" if ":" in name else name.lower())
-    return frozenset(names)
-
-
-def _host_name(header):
-    """The name part of a Host header value ("[::1]:8000" -> "[::1]"), lower case."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[:header.find("]") + 1]
-    return header.rpartition(":")[0] if ":" in header else header
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Writes `app.respond`'s answers; one thread per connection (ThreadingHTTPServer). Every
-    answer, errors of the HTTP layer included, is our JSON with our headers."""
-    app: App  # set by make_server
-    server_version = "neuraldx7"
-    default_request_version = "HTTP/1.0"  # errors before the version is read still get a status line
-    timeout = IDLE_SECONDS  # each read and write of the socket
-    request_seconds = REQUEST_SECONDS
-    answer_seconds = ANSWER_SECONDS
-
-    def version_string(self):
-        return self.server_version  # no Python version
-
-    def _cut_after(self, seconds):
-        self._deadline = threading.Timer(seconds, self._cut)
-        self._deadline.daemon = True
-        self._deadline.start()
-
-    def handle_one_request(self):
-        self._cut_after(self.request_seconds)  # against trickling clients
-        try:
-            super().handle_one_request()
-        finally:
-            self._deadline.cancel()
-
-    def _cut(self):
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def parse_request(self):
-        if len(self.raw_requestline.split()) == 2:  # HTTP/0.9 would get the answer without headers
-            self.command, self.requestline, self.request_version = None, "", self.default_request_version
-            self.send_error(400, "the request line needs an HTTP version, e.g. GET / HTTP/1.1")
-            return False
-        ok = super().parse_request()
-        self._deadline.cancel()  # the headers are in: the answer has its own, longer deadline
-        self._cut_after(self.answer_seconds)
-        return ok
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's errors (bad request lines, methods without a do_ method...) as ours."""
-        self.close_connection = True
-        if code == 501 and self.command:  # a method we have no do_ for: 404 or 405, as for POST
-            self._answer(self.command)
-        else:
-            self._send(_error(int(code), message or http.HTTPStatus(code).phrase), "GET")
-
-    def _answer(self, method):
-        host = self.headers.get("Host")
-        if host is None or _host_name(host) not in self.server.host_names:
-            self._send(_error(403, f"Host {host!r} is not served here; use {url_of(self.server)}"), method)
-            return
-        try:
-            response = self.app.respond(method, self.path)
-        except Exception:  # a bug, not the client's fault: say so and keep serving
-            traceback.print_exc(file=sys.stderr)
-            response = _error(500, "internal error; the server's output has the details")
-        self._send(response, method)
-
-    def _send(self, response, method):
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        for key, value in {**_HEADERS, **response.headers}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(response.body)
-
-    def do_GET(self):
-        self._answer("GET")
-
-    def do_HEAD(self):
-        self._answer("HEAD")
-
-    def do_POST(self):
-        self._answer("POST")
-
-    def do_PUT(self):
-        self._answer("PUT")
-
-    def do_DELETE(self):
-        self._answer("DELETE")
-
-    def log_message(self, format, *args):
-        pass  # quiet: client errors are in the answers, server errors go to stderr
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = BACKLOG
-
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the client went away or stalled: nothing to report
-        super().handle_error(request, client_address)
-
-
-def check_port(port):
-    """Raises Error unless `port` is a TCP port, 0..65535 (0: any free one)."""
-    if not 0 <= port <= 65535:
-        raise Error(f"bad port {port}: a TCP port is in 0..65535 (0: any free one)")
-
-
-def make_server(app, host=HOST, port=PORT, idle_seconds=IDLE_SECONDS, request_seconds=REQUEST_SECONDS,
-                answer_seconds=ANSWER_SECONDS):
-    """A ThreadingHTTPServer for `app` bound to host:port (port 0: a free one), not yet serving.
-    Connections idle for `idle_seconds`, without a whole request after `request_seconds`, or
-    without the whole answer `answer_seconds` after that, close."""
-    handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_seconds, "request_seconds": request_seconds,
-                                            "answer_seconds": answer_seconds})
-    check_port(port)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("Server", (_Server,), {"address_family": family})
-    try:
-        server = server_class((host, port), handler)
-    except OSError as e:
-        raise Error(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host") from None
-    server.host_names = host_names(host, server.server_address[0])
-    return server
-
-
-def url_of(server):
-    """http://HOST:PORT/ of a bound server."""
-    host, port = server.server_address[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def run(checkpoint=None, *, host=HOST, port=PORT, announce=print):
+def run(checkpoint=None, *, host=webserver.HOST, port=webserver.PORT, announce=print):
     """Loads the model, compiles, binds, announces the URL, then serves until interrupted."""
-    check_port(port)  # before the slow part
+    webserver.check_port(port)  # before the slow part
     model = checkpoint_lib.load(checkpoint)
     announce(f"loaded {model.path}; compiling...")
     app = App(model)
-    server = make_server(app, host, port)
+    server = webserver.make_server(app, host, port)
     if not app.audio:
         announce(f"note: voices cannot be played; that needs the audio extra: {AUDIO_INSTALL}")
     if host not in _LOOPBACK:
         announce(f"warning: listening on {host}: whoever reaches this machine can use the page")
-    announce(f"serving on {url_of(server)} (Ctrl-C stops)")
+    announce(f"serving on {webserver.url_of(server)} (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -100,6 +102,79 @@ def trained(shared_data, tmp_path_factory):
                              checkpoint_every=20, eval_every=20, progress=False)
     features.write(root / "work", root / "data.npz")  # as `train` does at its end
     return root / "work", root / "data.npz"
+
+
+# A served model: the page's App over a tiny real checkpoint, on a free port, for test_serve and
+# test_webserver.
+
+MEAN, STD = [0.5, -0.25, 0.1, 0.0], [1.5, 0.5, 1.0, 2.0]  # a latent summary for the test preset (Z = 4)
+
+
+@pytest.fixture(scope="session")
+def served_workdir(tmp_path_factory):
+    """A real checkpoint of the test preset, two steps on random valid voices, with a latent summary."""
+    from neuraldx7_jax import checkpoint, config, train
+
+    d = tmp_path_factory.mktemp("serve")
+    voices = random_voices(40)
+    np.savez(d / "data.npz", train=voices[:32], validation=voices[32:])
+    train.train_and_evaluate(config.test(), d / "data.npz", d / "work", steps=2, checkpoint_every=2,
+                             eval_every=2, log_every=2, progress=False)
+    checkpoint.features_path(d / "work").write_text(json.dumps(dict(mean=MEAN, std=STD)))
+    return d / "work"
+
+
+@pytest.fixture(scope="session")
+def app(served_workdir):
+    """`serve.App` of the served checkpoint."""
+    from neuraldx7_jax import checkpoint, serve
+
+    return serve.App(checkpoint.load(served_workdir))
+
+
+def start_server(app):
+    """(url, stop) of `app` served on a free port of 127.0.0.1 from a thread."""
+    from neuraldx7_jax import webserver
+
+    server = webserver.make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+    return webserver.url_of(server), stop
+
+
+@pytest.fixture(scope="session")
+def url(app):
+    address, stop = start_server(app)
+    yield address
+    stop()
+
+
+def get(url, method="GET"):
+    """(status, headers, body) of one request; error statuses are answers, not exceptions."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def get_json(url):
+    status, _, body = get(url)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def busy_or_ok(status, headers, body):
+    """A burst's answer: 200, or 503 with Retry-After and our JSON saying it is busy."""
+    from neuraldx7_jax import serve
+
+    if status == 503:
+        assert headers["Retry-After"] == str(serve.RETRY_SECONDS) and "busy" in json.loads(body)["error"]
+    return status in (200, 503)
 
 
 # A real JACK server (dummy driver) and a test controller and synth, for test_live and test_midi.

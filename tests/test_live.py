@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import Rig, need_jackd, start_jackd, stop, stop_jackd
-from neuraldx7_jax import checkpoint, config, dx7, live, midi, sample, train
+from neuraldx7_jax import checkpoint, config, dx7, live, midi_jack, midi_link, midi_rtmidi, sample, train
 from neuraldx7_jax.errors import Error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +98,7 @@ def test_a_cycles_ccs_applied_at_once_are_the_spec_one_by_one():
     want = reference_latents([messages], MEAN, STD, per_message=True)
     controls, moves, start = live.Controls(MEAN, STD), 0, 0
     for size in rng.integers(0, 700, 40):
-        numbers, values = midi.cc_arrays(messages[start:start + size])
+        numbers, values = midi_link.cc_arrays(messages[start:start + size])
         moves, start = moves + controls.apply(numbers, values), start + size
     assert start >= len(messages)
     first = [n for n in dict.fromkeys(m[1] for m in messages) if n < 120][:4]  # in order of arrival
@@ -204,12 +204,12 @@ def connected(link):
     """Waits until the link's connections carry messages: a CC written in the first cycles after
     a connection is made can be lost (on JACK, SEND_SETTLE_CYCLES of the link's cycles; rtmidi
     says nothing of cycles: SEND_SETTLE_S)."""
-    if isinstance(link, midi.JackLink):
-        end, deadline = link.cycles + midi.SEND_SETTLE_CYCLES, time.monotonic() + 600
+    if isinstance(link, midi_jack.JackLink):
+        end, deadline = link.cycles + midi_jack.SEND_SETTLE_CYCLES, time.monotonic() + 600
         while link.cycles < end and time.monotonic() < deadline:
             time.sleep(0.01)
     else:
-        time.sleep(midi.SEND_SETTLE_S)
+        time.sleep(midi_rtmidi.SEND_SETTLE_S)
     return link
 
 
@@ -220,8 +220,8 @@ def settle(engine, ccs, link, timeout=600.0):
     deadline = time.monotonic() + timeout
     while (engine.ccs < ccs or engine.due()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    cycles = 3 * midi.RESEND_CYCLES
-    if isinstance(link, midi.JackLink):
+    cycles = 3 * midi_jack.RESEND_CYCLES
+    if isinstance(link, midi_jack.JackLink):
         end = link.cycles + cycles
         while link.cycles < end and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -234,7 +234,7 @@ def settle(engine, ccs, link, timeout=600.0):
 @pytest.mark.slow
 def test_jack_sends_one_voice_per_cycle_that_moved_the_latent(rig, model, reference):
     engine = live.Engine(model, channel=2)
-    with connected(midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
+    with connected(midi_jack.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
         assert link.controller == "pytest-controller:out" and link.synth == "pytest-synth:in"
         latents = reference_latents(BATCHES, MEAN, STD)
         rig.play(BATCHES)
@@ -249,7 +249,7 @@ def test_jack_sends_one_voice_per_cycle_that_moved_the_latent(rig, model, refere
 @pytest.mark.slow
 def test_jack_sends_the_voice_again_after_an_xrun(rig, model, reference):
     engine = live.Engine(model)
-    with connected(midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
+    with connected(midi_jack.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
         rig.play([[cc(20, 0)], 0.2])  # a voice, then a cycle 0.2 s late
         settle(engine, 1, link)
     received = rig.wait_for(link.sent)
@@ -263,7 +263,7 @@ def test_jack_sends_the_last_voice_once_more_when_the_knobs_settle(rig, model, r
     """An overloaded server drops some messages without reporting an xrun (seen in
     tools/live_latency.py under load): SETTLE_CYCLES after the last new voice it goes out again."""
     engine = live.Engine(model)
-    with connected(midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
+    with connected(midi_jack.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
         rig.play([[cc(20, 0)]])
         settle(engine, 1, link)
     received = rig.wait_for(link.sent)
@@ -279,7 +279,7 @@ def test_jack_flood_every_cycle_sends_its_newest_voice(rig, model, reference):
                for n in np.diff(np.sort(np.r_[0, rng.integers(0, 1000, 374), 1000]))]
     assert sum(map(len, batches)) == 1000 and len(batches) == 375
     engine = live.Engine(model)
-    with connected(midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
+    with connected(midi_jack.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
         rig.play(batches)
         settle(engine, 1000, link)
     received = rig.wait_for(link.sent)
@@ -294,7 +294,7 @@ def test_jack_burst_ends_on_the_final_positions(rig, model, reference):
     rng = np.random.default_rng(1)  # 10,000 CCs in one cycle (more than a JACK buffer holds), then silence
     burst = [cc(20 + k, v) for k, v in zip(rng.integers(0, 4, 10_000), rng.integers(0, 128, 10_000))]
     engine = live.Engine(model)
-    with connected(midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
+    with connected(midi_jack.JackLink(engine, controller="pytest-controller", synth="pytest-synth")) as link:
         rig.play([burst])
         settle(engine, 10_000, link)
     received = rig.wait_for(link.sent)
@@ -332,7 +332,7 @@ def test_jack_full_buffer_from_another_process_ends_on_its_last_positions(model,
         try:
             engine = live.Engine(model)
             rng, whole, attempts = np.random.default_rng(3), 0, 0
-            link = midi.JackLink(engine, controller="pytest-controller", synth="pytest-synth")
+            link = midi_jack.JackLink(engine, controller="pytest-controller", synth="pytest-synth")
             with connected(link):
                 while whole < 3 and attempts < 10:
                     attempts += 1
@@ -385,8 +385,8 @@ def poll_until(link, text, timeout=300.0):
     return seen
 
 
-LINKS = dict(jack=lambda engine, **ports: midi.JackLink(engine, **ports),
-             rtmidi=lambda engine, **ports: midi.RtmidiLink(engine, **ports, api="jack"))
+LINKS = dict(jack=lambda engine, **ports: midi_jack.JackLink(engine, **ports),
+             rtmidi=lambda engine, **ports: midi_rtmidi.RtmidiLink(engine, **ports, api="jack"))
 
 
 @pytest.mark.slow
@@ -421,7 +421,7 @@ def test_ports_that_come_back_are_reconnected(rig, model, reference, backend):
 @pytest.mark.slow
 def test_rtmidi_sends_the_newest_voice_as_the_messages_arrive(rig, model, reference):
     engine = live.Engine(model)
-    link = midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack")
+    link = midi_rtmidi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack")
     with connected(link):
         latents = reference_latents(BATCHES, MEAN, STD, per_message=True)
         rig.play(BATCHES)
@@ -437,10 +437,10 @@ def test_rtmidi_sends_the_newest_voice_as_the_messages_arrive(rig, model, refere
 
 OPEN_AND_CLOSE = """
 import random, sys, time
-from neuraldx7_jax import checkpoint, live, midi
+from neuraldx7_jax import checkpoint, live, midi_rtmidi
 engine = live.Engine(checkpoint.load(sys.argv[1]))
 for i in range(int(sys.argv[2])):
-    with midi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack"):
+    with midi_rtmidi.RtmidiLink(engine, controller="pytest-controller", synth="pytest-synth", api="jack"):
         end = time.monotonic() + random.random() * 0.05
         while time.monotonic() < end:  # holding the GIL, as Python code does: rtmidi's thread waits on it
             pass
@@ -481,7 +481,7 @@ def test_tools_live_end_to_end(rig, workdir, tmp_path):
         while not (saved.exists() and json.loads(saved.read_text() or "{}").get("cc") == [7, 1, 9]):
             assert time.monotonic() < deadline, "the mapping was not saved"
             time.sleep(0.1)
-        time.sleep(3 * midi.RESEND_CYCLES * 256 / 48000)
+        time.sleep(3 * midi_jack.RESEND_CYCLES * 256 / 48000)
         # SIGTERM stops it cleanly, as Ctrl-C does; not SIGINT: a suite started in the background
         # (`pytest &`) ignores SIGINT, and so does the tool it starts, which then never stopped
         proc.send_signal(signal.SIGTERM)

@@ -1,5 +1,6 @@
-"""The MIDI adapters' module without the engine: port matching, the backend rule and what a
-failure says, `ports` and `send` through a real (dummy-driver) JACK server (tests/conftest.py)."""
+"""`midi` and the adapters' shared base `midi_link` without the engine: port matching, the backend
+rule and what a failure says, `ports` and `send` through a real (dummy-driver) JACK server
+(tests/conftest.py). The adapters with the engine are tested in test_live.py."""
 import os
 import subprocess
 import sys
@@ -8,20 +9,20 @@ import uuid
 import numpy as np
 import pytest
 
-from neuraldx7_jax import cli, dx7, midi
+from neuraldx7_jax import cli, dx7, midi, midi_link
 from neuraldx7_jax.errors import Error
 
 
 def test_port_matching():
     names = ["system:midi_capture_1", "Dexed:midi_in", "a2j:nanoKONTROL2 [24] (capture): nanoKONTROL2 _ CTR"]
-    assert midi.match_port("dexed", names, "destination") == "Dexed:midi_in"
-    assert midi.match_port("nanoKONTROL2 [24]", names, "source").startswith("a2j:")  # literal first
-    assert midi.match_port("^system", names, "source") == "system:midi_capture_1"
-    assert midi.match_port("capture_1|midi_in", ["a:capture_1", "b:out"], "source") == "a:capture_1"
+    assert midi_link.match_port("dexed", names, "destination") == "Dexed:midi_in"
+    assert midi_link.match_port("nanoKONTROL2 [24]", names, "source").startswith("a2j:")  # literal first
+    assert midi_link.match_port("^system", names, "source") == "system:midi_capture_1"
+    assert midi_link.match_port("capture_1|midi_in", ["a:capture_1", "b:out"], "source") == "a:capture_1"
     with pytest.raises(Error, match="several"):
-        midi.match_port("_", names, "source")
+        midi_link.match_port("_", names, "source")
     with pytest.raises(Error, match="no MIDI destination"):
-        midi.match_port("Surge", names, "destination")
+        midi_link.match_port("Surge", names, "destination")
 
 
 @pytest.mark.slow

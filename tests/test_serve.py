@@ -1,28 +1,23 @@
 """The local cartridge page: the JSON API over plain HTTP (answers, 4xx, concurrency), then the page
-itself in headless Debian chromium driven by Playwright (skipped without them, failed in CI)."""
+itself in headless Debian chromium driven by Playwright (skipped without them, failed in CI). The
+served model and the HTTP helpers are in tests/conftest.py; the HTTP layer's own tests (raw
+sockets, Host names, deadlines, bursts) in test_webserver.py."""
 import concurrent.futures
 import json
 import os
-import socket
-import struct
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import random_voices
-from neuraldx7_jax import cartridges, checkpoint, cli, config, data, dx7, priors, sample, serve, train
+from conftest import MEAN, STD, busy_or_ok, get, get_json, start_server
+from neuraldx7_jax import cartridges, checkpoint, cli, data, dx7, priors, sample, serve, webserver
 from neuraldx7_jax.errors import Error
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
-MEAN, STD = [0.5, -0.25, 0.1, 0.0], [1.5, 0.5, 1.0, 2.0]  # a latent summary for the test preset (Z = 4)
 TIMEOUT = 60_000  # ms, for the browser on a busy machine
 
 
@@ -34,59 +29,9 @@ def needed(reason):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A real checkpoint of the test preset, two steps on random valid voices, with a latent summary."""
-    d = tmp_path_factory.mktemp("serve")
-    voices = random_voices(40)
-    np.savez(d / "data.npz", train=voices[:32], validation=voices[32:])
-    train.train_and_evaluate(config.test(), d / "data.npz", d / "work", steps=2, checkpoint_every=2,
-                             eval_every=2, log_every=2, progress=False)
-    checkpoint.features_path(d / "work").write_text(json.dumps(dict(mean=MEAN, std=STD)))
-    return d / "work"
-
-
-@pytest.fixture(scope="module")
-def model(workdir):
-    return checkpoint.load(workdir)
-
-
-@pytest.fixture(scope="module")
-def app(model):
-    return serve.App(model)
-
-
-def start(app):
-    """(url, stop) of `app` served on a free port of 127.0.0.1 from a thread."""
-    server = serve.make_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def stop():
-        server.shutdown()
-        server.server_close()
-    return serve.url_of(server), stop
-
-
-@pytest.fixture(scope="module")
-def url(app):
-    address, stop = start(app)
-    yield address
-    stop()
-
-
-def get(url, method="GET"):
-    """(status, headers, body) of one request; error statuses are answers, not exceptions."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def get_json(url):
-    status, _, body = get(url)
-    assert status == 200, body
-    return json.loads(body)
+def model(app):
+    """The served model (tests/conftest.py)."""
+    return app.model
 
 
 def cartridge_bytes(model, seed, temperature, tmp_path):
@@ -146,102 +91,6 @@ def test_only_get_and_head(url):
     assert status == 405 and headers["Allow"] == "GET, HEAD" and "use GET" in json.loads(body)["error"]
     status, headers, body = get(url + "api/cartridge.syx?seed=3", method="HEAD")
     assert status == 200 and headers["Content-Length"] == str(dx7.BULK_SIZE) and body == b""
-
-
-def raw(url, request, timeout=30):
-    """The whole answer to the bytes `request` sent on a fresh connection, read until the server closes."""
-    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(request)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
-    return answer
-
-
-def parse_answer(answer):
-    """(status line, headers dict, body) of a raw HTTP answer."""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    return lines[0], dict(line.split(": ", 1) for line in lines[1:]), body
-
-
-@pytest.mark.parametrize("request_line, status", [
-    ("PATCH /api/info HTTP/1.1", 405), ("OPTIONS /api/info HTTP/1.1", 405), ("TRACE /api/info HTTP/1.1", 405),
-    ("CONNECT /api/info HTTP/1.1", 405), ("CONNECT 127.0.0.1:443 HTTP/1.1", 405), ("BREW /api/info HTTP/1.1", 405), ("PATCH /nothing HTTP/1.1", 404),
-    ("GET /api/info", 400), ("GET", 400), ("GET /api/info HTTP/x", 400), ("GET /api/info HTTP/2.0", 505),
-])
-def test_every_answer_is_our_json_with_our_headers(url, request_line, status):
-    line, headers, body = parse_answer(raw(url, request_line.encode() + b"\r\nHost: 127.0.0.1\r\n\r\n"))
-    assert line.startswith("HTTP/1.0 ") and line.split()[1] == str(status), line
-    assert headers["Content-Type"] == "application/json" and json.loads(body)["status"] == status
-    assert headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
-    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Server"] == "neuraldx7"
-
-
-def test_only_our_own_host_names_are_answered(url):
-    port = urllib.parse.urlsplit(url).port
-    for host, status in [("127.0.0.1", 200), (f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200),
-                         (f"LOCALHOST:{port}", 200), (f"[::1]:{port}", 200), (f"evil.example:{port}", 403),
-                         ("evil.example", 403), ("127.0.0.1.evil.example", 403), (f"[::2]:{port}", 403)]:
-        line, _, body = parse_answer(raw(url, f"GET /api/info HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()))
-        assert line.split()[1] == str(status), (host, body)
-    line, _, body = parse_answer(raw(url, b"GET /api/info HTTP/1.0\r\n\r\n"))
-    assert line.split()[1] == "403" and "Host None" in json.loads(body)["error"]
-    assert serve.host_names("0.0.0.0", "0.0.0.0") == {"localhost", "127.0.0.1", "[::1]", "0.0.0.0"}
-    assert "[fe80::1]" in serve.host_names("fe80::1", "fe80::1")
-
-
-def test_idle_and_trickling_clients_are_cut_off(app):
-    server = serve.make_server(app, "127.0.0.1", 0, idle_seconds=1.0, request_seconds=2.0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        before = threading.active_count()
-        idle = [socket.create_connection(server.server_address, timeout=30) for _ in range(20)]
-        t = time.perf_counter()
-        assert all(s.recv(1) == b"" for s in idle)  # closed by the server
-        assert time.perf_counter() - t < 10
-        with socket.create_connection(server.server_address, timeout=30) as s:
-            t = time.perf_counter()
-            request = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            try:
-                for byte in request * 10:  # one byte each 0.3 s: never idle, never done
-                    s.send(bytes([byte]))
-                    time.sleep(0.3)
-                    assert time.perf_counter() - t < 8, "a trickling client kept its connection"
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-        for s in idle:
-            s.close()
-        deadline = time.time() + 10
-        while threading.active_count() > before and time.time() < deadline:
-            time.sleep(0.1)
-        assert threading.active_count() <= before
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_a_client_leaving_mid_answer_prints_nothing(url, capfd):
-    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
-    for seed in range(1000, 1010):
-        s = socket.create_connection((host, port), timeout=30)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
-        s.sendall(f"GET /api/cartridge?seed={seed}&temperature=0.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        s.close()
-    time.sleep(3)
-    assert get_json(url + "api/info")["latent"] == 4
-    assert "Traceback" not in capfd.readouterr().err
-
-
-def test_a_server_bug_is_a_500_with_a_json_body_and_the_server_goes_on(url, app, monkeypatch, capsys):
-    monkeypatch.setattr(app, "info", lambda query: 1 / 0)
-    status, headers, body = get(url + "api/info")
-    assert status == 500 and "internal error" in json.loads(body)["error"]
-    assert "ZeroDivisionError" in capsys.readouterr().err
-    monkeypatch.undo()
-    assert get_json(url + "api/info")["latent"] == 4
 
 
 def test_the_page_and_its_files_are_served_with_no_outside_sources(url):
@@ -369,13 +218,6 @@ def test_concurrent_requests_get_their_own_answers(url, app, model, tmp_path):
             assert answer == reference_wav(voice)
 
 
-def _busy_or_ok(status, headers, body):
-    """A burst's answer: 200, or 503 with Retry-After and our JSON saying it is busy."""
-    if status == 503:
-        assert headers["Retry-After"] == str(serve.RETRY_SECONDS) and "busy" in json.loads(body)["error"]
-    return status in (200, 503)
-
-
 def test_a_burst_in_process_runs_a_few_model_calls_at_once_and_all_are_answered(app, monkeypatch):
     """64 threads asking new cartridges of `App.respond` at once (64 wedged XLA's CPU client for
     good before model calls were bounded): at most MODEL_SLOTS run at once, each thread gets 200
@@ -401,41 +243,10 @@ def test_a_burst_in_process_runs_a_few_model_calls_at_once_and_all_are_answered(
         return app.respond("GET", f"/api/cartridge?seed={31000 + i}")
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
         answers = list(pool.map(ask, range(64)))
-    assert all(_busy_or_ok(a.status, a.headers, a.body) for a in answers)
+    assert all(busy_or_ok(a.status, a.headers, a.body) for a in answers)
     assert {a.status for a in answers} == {200, 503}  # a 1 s wait cannot serve 64 of them
     assert peak[0] <= serve.MODEL_SLOTS
     assert app.respond("GET", "/api/cartridge?seed=31999").status == 200
-
-
-def test_a_burst_of_200_new_seed_requests_over_http_loses_none(app, url, monkeypatch):
-    """200 connections at once asking new cartridges: none is reset or left hanging (the listen
-    backlog was socketserver's 5), each is answered 200 or 503 with Retry-After, and the server
-    answers a new model request afterwards."""
-    monkeypatch.setattr(app, "slot_seconds", 2.0)
-    together = threading.Barrier(200)
-
-    def ask(i):
-        together.wait()
-        return get(url + f"api/cartridge?seed={32000 + i}")
-    with concurrent.futures.ThreadPoolExecutor(200) as pool:
-        answers = list(pool.map(ask, range(200)))  # a reset or a timeout raises here
-    assert all(_busy_or_ok(*a) for a in answers) and any(a[0] == 200 for a in answers)
-    assert get_json(url + "api/cartridge?seed=32999")["seed"] == 32999
-
-
-def test_an_answer_taking_too_long_is_cut_off(app, monkeypatch):
-    """The whole answer has a deadline too: a request stuck after its headers loses its connection."""
-    monkeypatch.setattr(app, "info", lambda query: time.sleep(30))
-    server = serve.make_server(app, "127.0.0.1", 0, answer_seconds=1.0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with socket.create_connection(server.server_address, timeout=30) as s:
-            t = time.perf_counter()
-            s.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert s.recv(1) == b"" and time.perf_counter() - t < 10
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_lru_cache_keeps_the_latest():
@@ -446,12 +257,12 @@ def test_lru_cache_keeps_the_latest():
     assert serve.LruCache(0).get(1, make(1)) == 10 and serve.LruCache(0).get(1, make(1)) == 10
 
 
-def test_serve_command_announces_its_url_and_binds_loopback(workdir, capsys, monkeypatch):
+def test_serve_command_announces_its_url_and_binds_loopback(served_workdir, capsys, monkeypatch):
     servers = []
-    make = serve.make_server
-    monkeypatch.setattr(serve, "make_server", lambda *a: servers.append(make(*a)) or servers[-1])
+    make = webserver.make_server
+    monkeypatch.setattr(webserver, "make_server", lambda *a: servers.append(make(*a)) or servers[-1])
     codes = []
-    argv = ["serve", "--port", "0", "--checkpoint", str(workdir)]
+    argv = ["serve", "--port", "0", "--checkpoint", str(served_workdir)]
     thread = threading.Thread(target=lambda: codes.append(cli.main(argv)))
     thread.start()
     out = ""
@@ -470,7 +281,7 @@ def test_serve_command_announces_its_url_and_binds_loopback(workdir, capsys, mon
             servers[0].shutdown()
         thread.join(60)
     assert codes == [0]
-    assert cli.main(["serve", "--port", "0", "--checkpoint", str(workdir / "nothing")]) == 2
+    assert cli.main(["serve", "--port", "0", "--checkpoint", str(served_workdir / "nothing")]) == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
 
 
@@ -572,7 +383,7 @@ def test_the_page_generates_plays_edits_and_downloads(browser, url, app, model, 
 
 
 def test_the_page_says_how_to_get_audio_when_the_extra_is_missing(browser, model):
-    address, stop = start(serve.App(model, audio=False))
+    address, stop = start_server(serve.App(model, audio=False))
     try:
         status, _, body = get(address + "api/voice.wav?seed=1&index=1")
         assert status == 501 and serve.AUDIO_INSTALL in json.loads(body)["error"]

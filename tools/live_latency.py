@@ -5,10 +5,10 @@
 Starts a dummy-driver JACK server of its own (`jackd --no-realtime -d dummy -r 48000 -p 256`,
 asynchronous, as a user runs it), a controller client (in a process of its own) that moves one
 of 4 knobs every cycle for --cycles cycles and a synth client that counts what it receives, and
-connects a `midi.JackLink` around a `live.Engine` of the model (the bundled one by default)
+connects a `midi_jack.JackLink` around a `live.Engine` of the model (the bundled one by default)
 between them. Prints and writes (--json) the decode latency p50/p99/max inside the process
 callback, the decodes longer than the period, the xruns JACK counted, the input the link may have
-lost (`late`, `changed`, `dropped`: see `midi.JackInput`), CCs and voices sent and received, and
+lost (`late`, `changed`, `dropped`: see `midi_jack.JackInput`), CCs and voices sent and received, and
 whether the synth's last voice is the engine's final one.
 Needs jackd (apt-get install jackd2).
 """
@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 
-from neuraldx7_jax import live, midi
+from neuraldx7_jax import live, midi_jack
 from neuraldx7_jax.errors import Error
 
 PEERS = r"""
@@ -91,7 +91,7 @@ def start_jackd(name, rate, period, log):
 
 def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
     """The figures of one run (a dict): `cycles` cycles, each moving a knob, through the engine."""
-    midi._jack()  # libjack's own lines off the terminal, before any client opens
+    midi_jack.import_jack()  # libjack's own lines off the terminal, before any client opens
     model = live.load(checkpoint)
     engine = live.Engine(model)
     name = f"neuraldx7-latency-{uuid.uuid4().hex[:8]}"
@@ -113,14 +113,14 @@ def measure(checkpoint=None, cycles=2000, rate=48000, period=256, seed=0):
             sent, received, last = peers.stdout.readline().split()
             return int(sent), int(received), last
 
-        with midi.JackLink(engine, controller="latency-controller", synth="latency-synth") as link:
+        with midi_jack.JackLink(engine, controller="latency-controller", synth="latency-synth") as link:
             load = os.getloadavg()[0]
             start = time.monotonic()
             peers.stdin.write("go\n")
             peers.stdin.flush()
             while count()[0] < cycles:
                 time.sleep(0.05)
-            time.sleep((midi.RESEND_CYCLES + 20) * period / rate)  # past the resends after the last voice
+            time.sleep((midi_jack.RESEND_CYCLES + 20) * period / rate)  # past the resends after the last voice
             while engine.due():
                 time.sleep(0.01)
             time.sleep(20 * period / rate)
