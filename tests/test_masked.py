@@ -68,6 +68,10 @@ def test_a_masked_decoder_starts_as_the_independent_one_it_extends(random_model)
     ours = VAE(cfg.model).apply({"params": merged}, z, method="decode")
     theirs = VAE(random_model.config.model).apply({"params": random_model.params}, z, method="decode")
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # untrained, what it is shown changes nothing either
+    shown = jnp.asarray(random_voices(3, seed=4).astype(np.int32))
+    half = jnp.zeros(shown.shape, bool).at[:, ::2].set(True)
+    np.testing.assert_allclose(VAE(cfg.model).apply({"params": merged}, z, shown, half, method="decode"), theirs, atol=1e-6)
 
 
 def test_unmasking_keeps_visible_values_and_draws_the_hidden_ones(random_masked_model):
