@@ -117,7 +117,7 @@ def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, see
              allow_silent=False, batch=None):
     """What `neuraldx7 generate` does: checks the destinations, loads the model
     (`checkpoint_lib.load`), and starts `generate_cartridges` from `prior`, or from the density of the
-    voices `like` (`data.like_voices(like, name)`, `priors.like_prior`)."""
+    voices `like` (`data.like_voices(like, name)`, `sample.like_prior`)."""
     if name is not None and not like:
         raise Error("--name selects among the voices of --like; give --like too")
     if like and prior:
@@ -125,7 +125,7 @@ def generate(checkpoint, out, *, count=1, temperature=NEW_VOICE_TEMPERATURE, see
     files.check_writable(*data.cartridge_paths(out, count))
     model = checkpoint_lib.load(checkpoint)
     near = data.like_voices(like, name) if like else None
-    prior = priors.like_prior(model, near, seed=seed) if like else priors.prior_of(model, prior)
+    prior = sample.like_prior(model, near, seed=seed) if like else priors.prior_of(model, prior)
     return Generation(prior, None if near is None else len(near), generate_cartridges(
         model, out, count=count, temperature=temperature, seed=seed, batch=batch, prior=prior,
         allow_silent=allow_silent))

@@ -46,7 +46,7 @@ def write(checkpoint, data=None, *, out=None, batch=None):
         buffer = io.BytesIO()
         np.savez(buffer, voices=voices, **feats)
         files.write_atomic(out, buffer.getvalue())
-    z = priors.training_latents(model, training)
+    z = sample.training_latents(model, training)
     prior, (mixture, _) = priors.fit_prior(z), priors.fit_mixture(z)
     chol = prior.chols[0].astype(np.float64)
     summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,

@@ -1,15 +1,14 @@
 """Where latents are drawn: N(0, I) (`standard`, the original's prior), the priors fitted to a
 model's training latents and stored with it (`mixture`, the default: a Gaussian mixture that
 follows the aggregate posterior; `gaussian`: one Gaussian over them) and the density of given
-voices (`like`). Samplers (`sample`) draw from a `Prior`; fitting one to voices encodes them with
-`sample.encode`, imported where it is used (`sample` imports this module).
+voices (`like`). Samplers (`sample`) draw from a `Prior`; the latents to fit one to come from
+`sample.training_latents` (`sample` imports this module, not the reverse).
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import dx7
 from neuraldx7_jax.config import PRIORS
 from neuraldx7_jax.errors import Error
 
@@ -26,6 +25,7 @@ class Prior(NamedTuple):
 PRIOR_DRAWS = 1  # posterior draws per training voice that the stored priors are fitted to
 MIXTURE_COMPONENTS = 128  # components of the stored mixture prior
 LIKE_FLOOR = 0.2  # smallest std of a --like density along any direction (latent units)
+LIKE_DRAWS = 16  # posterior draws per voice for a --like density
 
 
 def gaussian(mean, chol, name):
@@ -116,23 +116,3 @@ def prior_of(model, prior=None):
         raise Error(f"{checkpoint_lib.features_path(model.path)}: the fitted prior's covariance is not positive definite; "
                     "run `neuraldx7 features` again") from None
     return gaussian(mean, chol, "gaussian")
-
-
-def training_latents(model, voices, *, draws=PRIOR_DRAWS, seed=0):
-    """(n * draws, Z) posterior draws of each of `voices`, flowed: z_K = flow(mu + sigma eps), the
-    latents the decoder saw in training (the aggregate posterior)."""
-    from neuraldx7_jax.sample import encode
-
-    voices = dx7.check_voices(voices).astype(np.int32)
-    if not len(voices):
-        raise Error("no voices to fit a prior to")
-    return encode(model, np.repeat(voices, draws, axis=0), spread=1.0, seed=seed)["zk"]
-
-
-LIKE_DRAWS = 16  # posterior draws per voice for a --like density
-
-
-def like_prior(model, voices, *, seed=0):
-    """The Gaussian density of `voices`' latents (`training_latents`, LIKE_DRAWS draws each, with a
-    LIKE_FLOOR std floor): new voices in their neighbourhood."""
-    return fit_prior(training_latents(model, voices, draws=LIKE_DRAWS, seed=seed), floor=LIKE_FLOOR, name="like")

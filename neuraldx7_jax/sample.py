@@ -277,6 +277,22 @@ def encode(model, voices, *, spread=0.0, seed=0, batch=None):
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
+def training_latents(model, voices, *, draws=priors.PRIOR_DRAWS, seed=0):
+    """(n * draws, Z) posterior draws of each of `voices`, flowed: z_K = flow(mu + sigma eps), the
+    latents the decoder saw in training (the aggregate posterior)."""
+    voices = dx7.check_voices(voices).astype(np.int32)
+    if not len(voices):
+        raise Error("no voices to fit a prior to")
+    return encode(model, np.repeat(voices, draws, axis=0), spread=1.0, seed=seed)["zk"]
+
+
+def like_prior(model, voices, *, seed=0):
+    """The Gaussian density of `voices`' latents (`training_latents`, `priors.LIKE_DRAWS` draws each,
+    with a `priors.LIKE_FLOOR` std floor): new voices in their neighbourhood."""
+    return priors.fit_prior(training_latents(model, voices, draws=priors.LIKE_DRAWS, seed=seed),
+                            floor=priors.LIKE_FLOOR, name="like")
+
+
 def reconstruct(model, voices, *, batch=None):
     """Voices -> their reconstructions: posterior mean, flowed, decoded by argmax."""
     return decode(model, encode(model, voices, batch=batch)["zk"], batch=batch)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from neuraldx7_jax import checkpoint as checkpoint_lib
-from neuraldx7_jax import cartridges, dx7, priors, sample, webserver
+from neuraldx7_jax import cartridges, dx7, sample, webserver
 from neuraldx7_jax.config import MUTATE_AMOUNT, NEW_VOICE_TEMPERATURE
 from neuraldx7_jax.errors import Error
 from neuraldx7_jax.webserver import Response, error_response, json_response
@@ -229,7 +229,7 @@ class App:
                     mutants, _ = sample.mutate(self.model, near[None], amount=like[2], count=CARTRIDGE, seed=seed)
                     z = np.repeat(sample.encode(self.model, near[None])["zk"], CARTRIDGE, axis=0)
                     return cartridges.Cartridge(z, mutants[0], {}, np.arange(CARTRIDGE), {})
-                prior = None if near is None else priors.like_prior(self.model, near[None], seed=seed)
+                prior = None if near is None else sample.like_prior(self.model, near[None], seed=seed)
                 return next(cartridges.cartridges(self.model, 1, temperature=temperature, seed=seed, prior=prior))
         return self._cartridges.get((seed, temperature, like), make)
 

@@ -203,7 +203,7 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "any.syx", "--prior", "standard", "--checkpoint", work)
     assert code == 0 and "standard prior" in out
     model = checkpoint.load(work)  # without --temperature: 1, values sampled
-    expected = next(cartridges.cartridges(model, 1, temperature=1.0, seed=0, prior=priors.like_prior(model, np.asarray(brass), seed=0)))
+    expected = next(cartridges.cartridges(model, 1, temperature=1.0, seed=0, prior=sample.like_prior(model, np.asarray(brass), seed=0)))
     np.testing.assert_array_equal(like, expected.voices)  # the brass voices' density, as the library fits it
     standard = next(cartridges.cartridges(model, 1, temperature=1.0, seed=0, prior="standard"))
     np.testing.assert_array_equal(dx7.load(tmp_path / "any.syx"), standard.voices)

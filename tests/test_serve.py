@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import MEAN, STD, busy_or_ok, get, get_json, start_server
-from neuraldx7_jax import cartridges, checkpoint, cli, data, dx7, priors, sample, serve, webserver
+from neuraldx7_jax import cartridges, checkpoint, cli, data, dx7, sample, serve, webserver
 from neuraldx7_jax.errors import Error
 
 CHROMIUM = "/usr/bin/chromium"
@@ -146,7 +146,7 @@ def test_more_like_this_is_generate_like(url, app, model):
     source = app.cartridge_voices(3, 1.0).voices[6]
     got = get_json(url + "api/cartridge?seed=8&like=3:7")
     assert got["like"] == "3:7" and got["temperature"] == 1.0
-    expected = next(cartridges.cartridges(model, 1, temperature=1.0, seed=8, prior=priors.like_prior(model, source[None], seed=8)))
+    expected = next(cartridges.cartridges(model, 1, temperature=1.0, seed=8, prior=sample.like_prior(model, source[None], seed=8)))
     assert [v["name"] for v in got["voices"]] == [dx7.voice_name(v) for v in expected.voices]
     np.testing.assert_allclose(got["latents"], expected.z, rtol=1e-6)
     status, _, body = get(url + "api/cartridge.syx?seed=8&like=3:7")
