@@ -181,17 +181,27 @@ def make_eval_step(model_cfg):
         sampled = loss_terms(model.apply({"params": params}, x_BxN, eps_BxZ, hidden), x_BxN, True, hidden)
         mean = loss_terms(model.apply({"params": params}, x_BxN, jnp.zeros_like(eps_BxZ)), x_BxN,
                           masked_ce=True)
-        return dict(ce=mean["ce"], accuracy=mean["accuracy"], kl=sampled["kl"],
-                    neg_elbo_per_param=sampled["ce"] + sampled["kl"] * model_cfg.latent / dx7.N_PARAMS)
+        terms = dict(ce=mean["ce"], accuracy=mean["accuracy"], kl=sampled["kl"],
+                     neg_elbo_per_param=sampled["ce"] + sampled["kl"] * model_cfg.latent / dx7.N_PARAMS)
+        if hidden is not None:  # how much the decoder reads: CE of 10 values with the other 145 shown
+            u = jax.random.uniform(jax.random.fold_in(hidden_key, 1), x_BxN.shape)
+            few = jnp.argsort(jnp.argsort(u, -1), -1) < FEW_HIDDEN
+            shown = model.apply({"params": params}, x_BxN, jnp.zeros_like(eps_BxZ), few)
+            terms["ce_few_hidden"] = loss_terms(shown, x_BxN, True, few)["ce"]
+        return terms
 
     return eval_step
+
+
+FEW_HIDDEN = 10  # values hidden per voice for the masked decoder's `ce_few_hidden`
 
 
 def evaluate(model_cfg, params, voices, *, seed=0, batch_size=256):
     """Validation figures over `voices` (n, 155): CE and accuracy of the posterior mean decoded
     from z alone (every value hidden), KL per latent dimension, and -ELBO per parameter (nats; one
     posterior sample per voice, and for the masked decoder one random hidden set: the any-order
-    bound)."""
+    bound); for the masked decoder also `ce_few_hidden`, the CE of FEW_HIDDEN random values given
+    z and the other values (below `ce` by what the decoder reads)."""
     eval_step = make_eval_step(model_cfg)
     key, hidden_key = jax.random.key(seed), jax.random.fold_in(jax.random.key(seed), 1 << 30)
     sums, n = {}, len(voices)
