@@ -102,7 +102,7 @@ class TrainConfig:
     masked_ce: bool = False
     # At most this many voices per forward/backward pass on each device (equal passes); a step
     # averages its passes' gradients, so only speed and float rounding depend on it. 0: 4 on a CPU
-    # (the pass stays in cache, about 1.5x faster; docs/performance.md), one pass on a GPU or TPU.
+    # (the pass stays in cache, faster: docs/performance.md), one pass on a GPU or TPU.
     microbatch: int = 0
     # The masked decoder: the share of voices trained with every value hidden (the voice from z
     # alone), besides the uniformly random share hidden for the rest; 0 is the any-order bound.

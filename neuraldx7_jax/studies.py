@@ -257,8 +257,7 @@ def c2st(voices, reference, *, seed=0, folds=C2ST_FOLDS):
         raise Error(f"the realism figure needs at least {folds} voices a side, got {n}")
     a, b = (np.asarray(v)[np.sort(rng.choice(len(v), n, replace=False))][:, dx7.NON_NAME] for v in (voices, reference))
     x, y = np.concatenate([a, b]).astype(np.float32), np.repeat([1, 0], n)
-    # One OpenMP thread: beside other busy processes its threads spin and wait (512 voices a side on a
-    # loaded 2-core CPU: 119 s with two threads, 10 s with one).
+    # One OpenMP thread: beside other busy processes its threads spin and wait (docs/performance.md).
     with threadpool_limits(1, "openmp"):
         scores = cross_val_score(HistGradientBoostingClassifier(random_state=seed), x, y,
                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
