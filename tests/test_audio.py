@@ -174,6 +174,7 @@ def _precision_recall(truth, estimate):
     return hits / max(int(estimate.sum()), 1), hits / max(int(truth.sum()), 1)
 
 
+@pytest.mark.slow
 def test_the_loudness_estimate_tells_silent_voices_as_dexed_does(dexed, shared_data):
     """Precision and recall of "silent" (<= -60 dBFS at C4) of the parameter-only estimate against
     Dexed renders, on 4,000 real voices and on 1,024 samples of the bundled model under N(0, I)

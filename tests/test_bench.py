@@ -17,6 +17,7 @@ TIMER = SHARED / "bench" / "torch_original.py"
 SRC = os.environ.get("NDX7_SRC") or os.path.expanduser("~/.cache/neuraldx7-original/neuralDX7-0.0.8")
 
 
+@pytest.mark.slow
 def test_bench_prints_every_figure(capsys):
     assert main(["bench", "--config", "test", "--batch", "8", "--sample-batch", "64", "--sample-seconds", "1",
                  "--json"]) == 0
@@ -31,6 +32,7 @@ def test_bench_prints_every_figure(capsys):
     assert out["matmul_shape"] == "(1240 x 16) @ (16 x 48)"  # the test preset's dense layers over the batch
 
 
+@pytest.mark.slow
 def test_the_step_flops_are_the_model_arithmetic():
     """Forward and backward of a transformer: about 6 FLOPs per dense weight per row, plus attention,
     linear in the batch (XLA's count of the whole batch, not of one microbatch's loop body)."""
@@ -43,6 +45,7 @@ def test_the_step_flops_are_the_model_arithmetic():
     assert 1.0 < f8 / (6 * 155 * 8 * dense) < 1.3
 
 
+@pytest.mark.slow
 def test_bench_times_only_what_is_asked_of_the_bundled_model(capsys):
     assert main(["bench", "--checkpoint", "bundled", "--what", "latency"]) == 0
     text = capsys.readouterr().out
@@ -51,6 +54,7 @@ def test_bench_times_only_what_is_asked_of_the_bundled_model(capsys):
     assert "decode1_p50_ms" in text and "train_samples_per_s" not in text and "sample_per_s" not in text
 
 
+@pytest.mark.slow
 def test_bench_times_a_changed_config_and_rejects_a_bad_change(capsys):
     assert main(["bench", "--config", "test", "--what", "train", "--set", "train.microbatch=2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -1,9 +1,11 @@
 """The model shipped in the package: the quick start's `neuraldx7 generate --out cart.syx`."""
 import numpy as np
+import pytest
 
 from neuraldx7_jax import checkpoint, cli, config, dx7, names, priors, studies
 
 
+@pytest.mark.slow
 def test_generate_with_the_bundled_model(tmp_path, capsys):
     assert cli.main(["generate", "--out", str(tmp_path / "cart.syx")]) == 0
     voices = dx7.load(tmp_path / "cart.syx")
@@ -25,6 +27,7 @@ def test_bundled_model_ships_its_prior_and_training_facts_and_no_machine_path():
     assert "/" not in (model.meta.dataset.path or "") and "/" not in model.features["dataset"]
 
 
+@pytest.mark.slow
 def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
     """`--like` samples sit closer to the voices they are like than default samples do (median
     distance to the nearest of them, 145 values: 52.5 against 82). Three related voices (the
@@ -40,6 +43,7 @@ def test_like_draws_near_the_voices_it_is_given(shared_data, tmp_path, capsys):
     assert distance["like"] < distance["default"], distance
 
 
+@pytest.mark.slow
 def test_bundled_names_are_words_not_fragments(tmp_path, capsys):
     """Names that are words, not fragments: the beam search's most probable names were short
     ("S", "SY": a fifth had at most two characters, real names 0-1%) until every character but a
@@ -74,6 +78,7 @@ def test_no_command_writes_into_the_bundled_model(shared_data, tmp_path, capsys)
     assert _bundled_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_readmes_variations_are_32_distinct_sounds(shared_data, tmp_path, capsys):
     """README: `variations rom1a.syx:1 --spread 1.5 --redraw   # 32 distinct sounds` (at 0.5 it
     said 32 distinct where 8 differed in sound: voices were counted by name too)."""

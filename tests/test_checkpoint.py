@@ -92,6 +92,7 @@ def _generate_errors(model, tmp_path, runs):
     return errors
 
 
+@pytest.mark.slow
 def test_damaged_params_are_one_line_with_tensorstores_reason(tmp_path):
     """A copy of the bundled model with its params cut in half: exactly one line, naming the step
     folder and TensorStore's reason (not orbax's bound-method repr), and none of the asyncio

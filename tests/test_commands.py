@@ -22,6 +22,7 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_generate(trained, tmp_path, capsys):
     work, _ = trained
     code, out, _ = run(capsys, "generate", "--out", tmp_path / "cart.syx", "--count", 2, "--temperature", 1.0,
@@ -42,6 +43,7 @@ def test_generate(trained, tmp_path, capsys):
     assert code == 2 and "temperature" in err
 
 
+@pytest.mark.slow
 def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     a, b = f"{shared_data / 'factory' / 'rom1a.syx'}:1", f"{dataset}:train:7"
@@ -78,6 +80,7 @@ def test_interpolate_and_variations(trained, shared_data, tmp_path, capsys):
     assert code == 2 and "numbered from 1" in err
 
 
+@pytest.mark.slow
 def test_a_tiny_temperature_is_the_argmax_in_generate(trained, tmp_path, capsys):
     work, _ = trained
     answers = [run(capsys, "generate", "--out", tmp_path / "c.syx", "--temperature", t, "--allow-silent",
@@ -85,6 +88,7 @@ def test_a_tiny_temperature_is_the_argmax_in_generate(trained, tmp_path, capsys)
     assert answers[0] == answers[1]  # the same file, or (the tiny model's argmax repeats itself) the same error
 
 
+@pytest.mark.slow
 def test_a_model_without_32_usable_voices_says_what_it_kept(trained, tmp_path, capsys, monkeypatch):
     work, _ = trained
     monkeypatch.setattr(cartridges, "MAX_CANDIDATES", 40)  # a cap the tiny model reaches quickly
@@ -110,6 +114,7 @@ def test_a_bad_destination_fails_before_the_model_loads(tmp_path, capsys):
         assert code == 2 and named in err and ".tmp" not in err and "no-such-checkpoint" not in err, err
 
 
+@pytest.mark.slow
 def test_features(trained, tmp_path, capsys):
     work, dataset = trained
     code, out, _ = run(capsys, "features", "--out", tmp_path / "f.npz", "--checkpoint", work)
@@ -132,6 +137,7 @@ def test_features(trained, tmp_path, capsys):
     np.testing.assert_allclose(feats["std"], feats["zk"].std(0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_duplicates(trained, tmp_path, capsys):
     work, _ = trained
     code, out, _ = run(capsys, "duplicates", "--samples", 100, "--batch", 32, "--temperature", 1.0,
@@ -146,6 +152,7 @@ def test_duplicates(trained, tmp_path, capsys):
     assert code == 2 and "missing.npz" in err
 
 
+@pytest.mark.slow
 def test_evaluate(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     voices = dx7.load(shared_data / "factory" / "rom1a.syx")
@@ -175,6 +182,7 @@ def test_evaluate(trained, shared_data, tmp_path, capsys):
                                          reference_voices=32)
 
 
+@pytest.mark.slow
 def test_evaluate_realism(trained, shared_data, sklearn, capsys, monkeypatch):
     work, _ = trained
     rom = shared_data / "factory"
@@ -192,6 +200,7 @@ def test_evaluate_realism(trained, shared_data, sklearn, capsys, monkeypatch):
     assert code == 0 and "needs scikit-learn" in out and "marginal TV" in out and not err
 
 
+@pytest.mark.slow
 def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
     work, dataset = trained
     rom = shared_data / "factory" / "rom1a.syx"
@@ -215,6 +224,7 @@ def test_generate_like_and_priors(trained, shared_data, tmp_path, capsys):
         assert code == 2 and message in err, err
 
 
+@pytest.mark.slow
 def test_audio_figures_of_duplicates_and_evaluate(trained, shared_data, dexed, capsys):
     from neuraldx7_jax import audio
     work, dataset = trained
@@ -262,6 +272,7 @@ def test_a_launcher_reads_what_the_command_reads(name):
     assert {o.name: parsed[o.name] for o in table} == {o.name: fv[o.name].value for o in table}
 
 
+@pytest.mark.slow
 def test_a_launcher_runs_the_command(trained):
     work, _ = trained
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "dx7_vae" / "duplicate_test.py"),
@@ -274,6 +285,7 @@ def test_a_launcher_runs_the_command(trained):
     assert out.returncode == 1 and "--file" in out.stderr  # absl: a required flag is missing
 
 
+@pytest.mark.slow
 def test_the_train_launcher_is_quiet_unless_asked(tmp_path):
     """`experiments/dx7_vae/train.py` printed ~80 orbax INFO records per checkpoint on stderr
     (absl.app raises the level to INFO); now none, and absl's --verbosity brings them back."""

@@ -30,6 +30,7 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
         [young.name, mine.name, "new.syx"] + [p.name for p in theirs])
 
 
+@pytest.mark.slow
 def test_a_write_killed_midway_leaves_a_temporary_file_the_next_write_removes(tmp_path):
     """SIGKILL inside the write window leaves `.NAME.PID.XXXXXXXX.tmp`; the next write into that
     folder removes it at once (its process is gone), not only once it is 10 minutes old."""
@@ -78,6 +79,7 @@ def test_a_symlink_is_written_through_to_its_target(tmp_path):
     assert sorted(p.name for p in (tmp_path / "patches").iterdir()) == ["cart.syx", "new.syx"]
 
 
+@pytest.mark.slow
 def test_a_fifo_is_streamed_not_replaced(tmp_path):
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
@@ -109,6 +111,7 @@ def _cli(*argv):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow
 def test_out_dev_stdout_pipes_the_file_alone_and_dev_full_is_one_line(tmp_path):
     """`generate --out /dev/stdout | ...` gets the cartridge's bytes alone on stdout (the summary
     goes to stderr); `--out /dev/full` is one line, exit code 2; so is a directory."""

@@ -89,6 +89,7 @@ def test_config_rejects_bad_values():
         config.ModelConfig(compute_dtype="float16")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     """Same parameters, matmuls in bfloat16: float32 outputs within bfloat16's rounding."""
     cfg = config.small().model

@@ -191,6 +191,7 @@ def _original_reference(torch, m):
         original_mask=np.asarray(mask_parameters(torch.zeros(155, 128))) == 0)
 
 
+@pytest.mark.slow
 def test_field_order_and_value_mask_match_the_original(parity):
     ours = {"M": "MODE", **{f"NAME CHAR {i}": f"NAME{i}" for i in range(1, 11)}}
     names = []
@@ -201,6 +202,7 @@ def test_field_order_and_value_mask_match_the_original(parity):
     np.testing.assert_array_equal(parity.original_mask, dx7.value_mask()[parity.order])
 
 
+@pytest.mark.slow
 def test_imported_model_computes_what_the_original_does(parity):
     import jax.numpy as jnp
     loaded = checkpoint.load(parity.out)
@@ -219,6 +221,7 @@ def test_imported_model_computes_what_the_original_does(parity):
     assert parity.reference["loss"] > parity.reference["ce"] + 1e-3  # the KL term is in play
 
 
+@pytest.mark.slow
 def test_imported_checkpoint_loads_and_decodes_valid_voices(parity):
     loaded = checkpoint.load(parity.out)
     assert loaded.config.model == dataclasses.replace(config.small().model, position_order="original")
@@ -228,6 +231,7 @@ def test_imported_checkpoint_loads_and_decodes_valid_voices(parity):
     assert voices.shape == (BATCH, dx7.N_PARAMS) and dx7.is_valid(voices).all()
 
 
+@pytest.mark.slow
 def test_import_refuses_a_conflicting_head_count_and_an_existing_checkpoint(parity, tmp_path):
     with pytest.raises(Error, match="its config says 4 heads, not 8"):
         original.import_original(parity.box, tmp_path / "a", heads=8)

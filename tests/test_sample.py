@@ -59,6 +59,7 @@ def test_decoding_in_pieces_changes_nothing(model, monkeypatch):
         sample._prior_fn.cache_clear()
 
 
+@pytest.mark.slow
 def test_chunking_changes_nothing(model):
     """Noise comes in blocks of 32 rows keyed by their index: chunk size and count do not matter."""
     full = sample.sample_prior(model, 100, temperature=1.0, seed=7, batch=64)
@@ -103,6 +104,7 @@ def test_variations(model, voices):
     np.testing.assert_array_equal(spread, sample.variations(model, voices[0], count=32, spread=3.0, seed=1))
 
 
+@pytest.mark.slow
 def test_same_output_on_four_devices(model, voices, tmp_path):
     """The samplers on 4 simulated CPU devices (a subprocess) give what one device gives here."""
     script = (f"import sys, numpy as np, jax; sys.path.insert(0, {str(HERE)!r}); import test_sample as t\n"
@@ -123,6 +125,7 @@ def test_same_output_on_four_devices(model, voices, tmp_path):
     assert (tmp_path / "one.syx").read_bytes() == (tmp_path / "four.syx").read_bytes()
 
 
+@pytest.mark.slow
 def test_the_fitted_prior_moves_and_shapes_the_same_noise(model):
     latent = model.config.model.latent
     cov = np.diag(np.arange(1.0, latent + 1)) + 0.3

@@ -116,6 +116,7 @@ def test_info_gives_slider_ranges_from_the_features_or_the_prior(url, model):
         checkpoint.latent_ranges(model._replace(features=dict(mean=MEAN, std=[1, 0, 1, 1])))
 
 
+@pytest.mark.slow
 def test_answers_are_those_of_the_library(url, model, tmp_path):
     for seed, temperature in ((7, 0.0), (8, 0.9)):
         cart = get_json(url + f"api/cartridge?seed={seed}&temperature={temperature}")
@@ -185,6 +186,7 @@ def test_wav_answers_are_riff_audio(url, app):
     assert body == audio.wav_bytes(audio.render(voice, note=48, seconds=serve.NOTE_SECONDS), audio.SAMPLE_RATE)
 
 
+@pytest.mark.slow
 def test_concurrent_requests_get_their_own_answers(url, app, model, tmp_path):
     """Different seeds, temperatures and latents at once (none asked before: nothing cached);
     each answer equals the one computed alone, afterwards, by the library."""
@@ -257,6 +259,7 @@ def test_lru_cache_keeps_the_latest():
     assert serve.LruCache(0).get(1, make(1)) == 10 and serve.LruCache(0).get(1, make(1)) == 10
 
 
+@pytest.mark.slow
 def test_serve_command_announces_its_url_and_binds_loopback(served_workdir, capsys, monkeypatch):
     servers = []
     make = webserver.make_server
@@ -305,6 +308,7 @@ def names_on(page):
     return page.locator("#voices td.name").all_inner_texts()
 
 
+@pytest.mark.slow
 def test_the_page_generates_plays_edits_and_downloads(browser, url, app, model, tmp_path):
     page = browser.new_page(accept_downloads=True, bypass_csp=True)  # the page's CSP forbids the test's evals
     page.set_default_timeout(TIMEOUT)
@@ -382,6 +386,7 @@ def test_the_page_generates_plays_edits_and_downloads(browser, url, app, model, 
     page.close()
 
 
+@pytest.mark.slow
 def test_the_page_says_how_to_get_audio_when_the_extra_is_missing(browser, model):
     address, stop = start_server(serve.App(model, audio=False))
     try:

@@ -90,6 +90,7 @@ def test_marginal_baseline():
     assert figures["ce_per_param"] == pytest.approx(expected_ce)
 
 
+@pytest.mark.slow
 def test_c2st_tells_histogram_voices_from_real_ones_but_not_real_from_real(shared_data, sklearn):
     factory = np.concatenate([dx7.load(f) for f in sorted((shared_data / "factory").glob("*.syx"))])
     rng = np.random.default_rng(0)

@@ -34,6 +34,7 @@ def test_beta_follows_the_original_annealing():
     assert float(train.beta(10_000_000, 6e-5)) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_memorises_a_few_voices(dtype):
     cfg = config.override(config.test(), ["model.features=32", "model.layers=2", "train.batch_size=4",
@@ -48,6 +49,7 @@ def test_memorises_a_few_voices(dtype):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))  # float32 master weights
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
     common = ["--config", "test", "--data", str(dataset), "--checkpoint-every", "5", "--log-every", "1",
               "--eval-every", "100"]
@@ -65,6 +67,7 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path):
         train.train_and_evaluate(config.small(), dataset, tmp_path / "b", 13)
 
 
+@pytest.mark.slow
 def test_a_longer_decay_on_resuming_restarts_a_finished_cosine_run(dataset, tmp_path):
     """A cosine run ends at learning rate 0, so continuing it with a larger --steps alone leaves the
     weights where they are; a longer --decay-steps lengthens the schedule and training moves on."""
@@ -84,6 +87,7 @@ def test_a_longer_decay_on_resuming_restarts_a_finished_cosine_run(dataset, tmp_
                      "--decay-steps", "8"]) == 2  # a shorter schedule is another run
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_each_step_once(dataset, tmp_path):
     """A run that stopped after its last checkpoint (step 5) had logged steps 6 and 7; resuming
     from step 5 logs them again, so the earlier records of those steps go."""
@@ -98,6 +102,7 @@ def test_a_resumed_run_logs_each_step_once(dataset, tmp_path):
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 10))
 
 
+@pytest.mark.slow
 def test_an_interrupted_save_leaves_the_last_good_checkpoint(dataset, tmp_path):
     """Orbax writes into a temporary folder and renames it on commit; an unfinished one is ignored."""
     train.train_and_evaluate(config.test(), dataset, tmp_path, 4, checkpoint_every=2, progress=False)
@@ -107,6 +112,7 @@ def test_an_interrupted_save_leaves_the_last_good_checkpoint(dataset, tmp_path):
     assert checkpoint.load(tmp_path).meta.step == 4
 
 
+@pytest.mark.slow
 def test_microbatches_give_the_step_of_the_whole_batch():
     voices, key = jnp.asarray(random_voices(8, 3), jnp.int32), jax.random.key(0)
     runs = {}
@@ -135,6 +141,7 @@ def test_pieces_split_rows_evenly_and_join_back():
     assert (devices.join_rows(split) == x).all()
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_same_loss_as_one(dataset, tmp_path):
     """One device in one pass of 8 voices against 4 devices in two passes of one voice each."""
     script = (
@@ -167,6 +174,7 @@ def test_bad_options_are_clear_errors(dataset, tmp_path, capsys):
     assert "no such dataset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_command_says_it_compiles_and_a_finished_run_says_so(dataset, tmp_path, capsys):
     common = ["train", "--config", "test", "--data", str(dataset), "--workdir", str(tmp_path), "--steps", "3",
               "--log-every", "1", "--eval-every", "100", "--checkpoint-every", "3"]
@@ -184,6 +192,7 @@ def test_the_command_says_it_compiles_and_a_finished_run_says_so(dataset, tmp_pa
     assert out.out == "" and "already at step 3 (--steps 3): nothing to train" in out.err
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_one_line_naming_it(dataset, tmp_path, capsys):
     train.train_and_evaluate(config.test(), dataset, tmp_path, 2, checkpoint_every=2, progress=False)
     files = sorted(p for p in (tmp_path / "checkpoints" / "2" / "params").rglob("*")
@@ -200,6 +209,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(dataset, tmp_path, capsys):
         checkpoint.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_a_trained_models_parameters(dataset, tmp_path, capsys):
     train.train_and_evaluate(config.test(), dataset, tmp_path / "a", 6, checkpoint_every=6, progress=False)
     # warm-up from 0: the first step's learning rate is 0, so step 1 holds exactly the parameters started from
@@ -224,6 +234,7 @@ def test_init_from_starts_a_new_run_from_a_trained_models_parameters(dataset, tm
     assert code == 2 and err.count("\n") == 1 and str(tmp_path / "a") in err and "features 16 there, 32 here" in err, err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one device per core")
 def test_wide_models_train_on_one_cpu_device_unless_the_user_chose():
     """With one device per core chosen by the package, a model of F >= 512 trains on one device

@@ -111,6 +111,7 @@ def test_a_server_bug_is_a_500_with_a_json_body_and_the_server_goes_on(url, app,
     assert get_json(url + "api/info")["latent"] == 4
 
 
+@pytest.mark.slow
 def test_a_burst_of_200_new_seed_requests_over_http_loses_none(app, url, monkeypatch):
     """200 connections at once asking new cartridges: none is reset or left hanging (the listen
     backlog was socketserver's 5), each is answered 200 or 503 with Retry-After, and the server

@@ -3,34 +3,41 @@ from collections import Counter
 from pathlib import Path
 
 from neuraldx7_jax import data, dx7, files
-from neuraldx7_jax.commands.options import command
+from neuraldx7_jax.commands.options import DX7_FILE, Option, add_arguments, command, subcommand
 from neuraldx7_jax.errors import Error
 
 
-@command("info", "List the voices of a DX7 file (.syx, headerless bank or compact .bin).")
-def info(parser):
-    parser.description = (
-        "List every voice of a DX7 file: number, name, algorithm (1-32), whether all 155 fields "
-        "are in range and, if not, which fields are out of range. Problems in the file (bad "
-        "checksums, truncated messages) are printed as warnings. FILE:INDEX (from 1) shows that "
-        "voice's every parameter instead: the operators side by side, then the global ones.")
-    parser.add_argument("file", metavar="FILE",
-                        help="a .syx file, a headerless 4096-byte bank or a compact .bin; FILE:INDEX for one voice")
-    parser.add_argument("--strict", action="store_true", help="drop voices whose message has a bad checksum")
+INFO = (
+    DX7_FILE._replace(help=DX7_FILE.help + "; FILE:INDEX for one voice"),
+    Option("strict", bool, help="drop voices whose message has a bad checksum"),
+)
 
-    def run(args):
-        head, sep, index = args.file.rpartition(":")
-        if sep and index.isdigit() and not Path(args.file).exists():
-            return _show_voice(args.file, head, int(index), args.strict)
-        voices, warned = dx7.load_with_warnings(args.file, strict=args.strict)
-        valid = dx7.is_valid(voices)
-        print(f"{args.file}: {len(voices)} voices, {valid.sum()} valid")
-        for n, (voice, ok) in enumerate(zip(voices, valid), 1):
-            bad = "" if ok else "  out of range: " + ", ".join(dx7.out_of_range(voice))
-            print(f"{dx7.voice_line(n, voice)}  {'valid' if ok else 'INVALID'}{bad}")
-        for text in warned:
-            print(f"warning: {text}")
-    return run
+
+@subcommand("info", "List the voices of a DX7 file (.syx, headerless bank or compact .bin).", (
+    "List every voice of a DX7 file: number, name, algorithm (1-32), whether all 155 fields "
+    "are in range and, if not, which fields are out of range. Problems in the file (bad "
+    "checksums, truncated messages) are printed as warnings. FILE:INDEX (from 1) shows that "
+    "voice's every parameter instead: the operators side by side, then the global ones."), INFO)
+def info(args):
+    head, sep, index = args.file.rpartition(":")
+    if sep and index.isdigit() and not Path(args.file).exists():
+        return _show_voice(args.file, head, int(index), args.strict)
+    voices, warned = dx7.load_with_warnings(args.file, strict=args.strict)
+    valid = dx7.is_valid(voices)
+    print(f"{args.file}: {len(voices)} voices, {valid.sum()} valid")
+    for n, (voice, ok) in enumerate(zip(voices, valid), 1):
+        bad = "" if ok else "  out of range: " + ", ".join(dx7.out_of_range(voice))
+        print(f"{dx7.voice_line(n, voice)}  {'valid' if ok else 'INVALID'}{bad}")
+    for text in warned:
+        print(f"warning: {text}")
+
+
+def read_voices(path):
+    """The voices of the DX7 file `path`, its warnings printed first (render, send)."""
+    voices, warned = dx7.load_with_warnings(path)
+    for text in warned:
+        print(f"warning: {text}")
+    return voices
 
 
 def _show_voice(spec, file, index, strict):
@@ -45,6 +52,17 @@ def _show_voice(spec, file, index, strict):
         print(f"warning: {text}")
 
 
+BUILD = (
+    Option("sources", positional=True, many=True, metavar="SRC", help="a DX7 file or a directory of them"),
+    Option("out", required=True, help="the dataset .npz to write"),
+    Option("validation_fraction", float, 0.05, "share of the voices (by hash) put in the validation split "
+           "(default: 0.05)"),
+    Option("clamp", bool, help="clamp out-of-range fields into range instead of dropping those voices"),
+    Option("strict", bool, help="drop the voices of damaged messages (a wrong or missing checksum, no F7 "
+           "where the message ends); without it they are kept and counted"),
+)
+
+
 @command("dataset", "Build a training dataset from DX7 files, or summarise one.")
 def dataset(parser):
     subs = parser.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -55,19 +73,12 @@ def dataset(parser):
                     "(and, with --strict, the voices of damaged messages), "
                     "split train/validation by a hash of each voice (stable as files are added) "
                     "and write an .npz with the voices and their provenance.")
-    build.add_argument("sources", nargs="+", metavar="SRC", help="a DX7 file or a directory of them")
-    build.add_argument("--out", required=True, help="the dataset .npz to write")
-    build.add_argument("--validation-fraction", type=float, default=0.05,
-                       help="share of the voices (by hash) put in the validation split (default: 0.05)")
-    build.add_argument("--clamp", action="store_true",
-                       help="clamp out-of-range fields into range instead of dropping those voices")
-    build.add_argument("--strict", action="store_true",
-                       help="drop the voices of damaged messages (a wrong or missing checksum, no F7 "
-                            "where the message ends); without it they are kept and counted")
+    add_arguments(build, BUILD)
     build.set_defaults(action=_build)
     show = subs.add_parser("info", help="summarise a dataset .npz",
                            description="Print the split sizes, sources and build summary of a dataset .npz.")
-    show.add_argument("dataset", metavar="DATASET", help="a .npz written by `neuraldx7 dataset build`")
+    add_arguments(show, (Option("dataset", positional=True, metavar="DATASET",
+                                help="a .npz written by `neuraldx7 dataset build`"),))
     show.set_defaults(action=lambda args: _print_info(args.dataset, data.load_dataset(args.dataset)))
     return lambda args: args.action(args)
 

@@ -7,12 +7,12 @@ import json
 
 from neuraldx7_jax import dx7
 from neuraldx7_jax.config import MUTATE_AMOUNT, REDRAW_FACTOR
-from neuraldx7_jax.commands.options import (AUDIO, BATCH, CHECKPOINT, JSON, PRIOR, PROCESSES, SEED, TEMPERATURE,
-                                            Option, processes, subcommand)
+from neuraldx7_jax.commands.options import (AUDIO, BATCH, CARTRIDGES, CHECKPOINT, JSON, PRIOR, PROCESSES, SEED,
+                                            SYX_OUT, TEMPERATURE, Option, processes, subcommand)
 
 GENERATE = (
-    Option("out", required=True, help="the .syx file to write"),
-    Option("count", int, 1, "number of cartridges (default: 1)"),
+    SYX_OUT,
+    CARTRIDGES,
     TEMPERATURE, PRIOR,
     Option("like", many=True, metavar="SPEC", help="new voices near these: DX7 files, FILE:INDEX, DATASET.npz or "
            "DATASET.npz:SPLIT (their latents' density, widened a little)"),
@@ -63,7 +63,7 @@ def _print_cartridge(path, voices):
 INTERPOLATE = (
     Option("a", positional=True, metavar="A", help="the first voice, FILE:INDEX or DATASET.npz:SPLIT:INDEX"),
     Option("b", positional=True, metavar="B", help="the last voice, same form"),
-    Option("out", required=True, help="the .syx file to write"),
+    SYX_OUT,
     Option("steps", int, 32, "voices from A to B, ends included (default: 32)"),
     Option("slerp", bool, help="spherical instead of linear interpolation"),
     CHECKPOINT,
@@ -87,7 +87,7 @@ def interpolate(a):
 
 VARIATIONS = (
     Option("a", positional=True, metavar="A", help="the voice, FILE:INDEX or DATASET.npz:SPLIT:INDEX"),
-    Option("out", required=True, help="the .syx file to write"),
+    SYX_OUT,
     Option("spread", float, 1.0, "scale of the posterior noise (default: 1)"),
     Option("count", int, 32, "voices, a multiple of 32 (default: 32)"),
     Option("redraw", bool, help=f"replace duplicate voices by further draws (up to {REDRAW_FACTOR}x COUNT "
@@ -114,13 +114,13 @@ def variations(a):
 MUTATE = (
     Option("source", positional=True, metavar="SOURCE", help="FILE:INDEX (a cartridge of 32 mutants of that "
            "voice) or a DX7 file (each of its voices mutated once per cartridge)"),
-    Option("out", required=True, help="the .syx file to write"),
+    SYX_OUT,
     Option("amount", float, MUTATE_AMOUNT, "the share of the 145 non-name values that changes, on average, "
            f"0 to 1 (default: {MUTATE_AMOUNT})"),
     Option("keep", many=True, metavar="GROUP", choices=tuple(dx7.GROUPS),
            help="groups that must not change: " + ", ".join(dx7.GROUPS) + " (op1 is OP1 as the DX7 numbers "
            "operators; names are always kept)"),
-    Option("count", int, 1, "number of cartridges (default: 1)"),
+    CARTRIDGES,
     SEED, CHECKPOINT,
 )
 
@@ -147,9 +147,8 @@ FEATURES = (
            "(default: the checkpoint's dataset)"),
     Option("out", help="also write the per-voice arrays to this .npz"),
     BATCH,
-    Option("checkpoint", help="the work directory (or its checkpoints/ folder) whose model is encoded and "
-           "where features.json and training.npz are written (needed: the bundled model is read-only)",
-           metavar="DIR"),
+    CHECKPOINT._replace(help="the work directory (or its checkpoints/ folder) whose model is encoded and "
+                        "where features.json and training.npz are written (needed: the bundled model is read-only)"),
 )
 
 

@@ -2,8 +2,7 @@
 import argparse
 
 from neuraldx7_jax import config, live as live_lib
-from neuraldx7_jax.commands.options import command
-from neuraldx7_jax.commands.midi import backend_args
+from neuraldx7_jax.commands.options import CHANNEL, CHECKPOINT, MIDI_BACKEND, add_arguments, command
 
 
 def _ccs(text):
@@ -22,16 +21,13 @@ def live(parser):
         f"them); CC 0..127 sweeps mean +/- {config.LATENT_SPAN:g} std of its dimension (--span). Ports that go "
         "away are connected again when a port matching the same pattern comes back. Ctrl-C stops and "
         "prints what went in and out. See docs/live.md.")
-    parser.add_argument("--checkpoint", metavar="DIR",
-                        help="a training work directory or its checkpoints/ folder (default: the bundled model)")
+    add_arguments(parser, (CHECKPOINT,))
     parser.add_argument("--controller", metavar="PORT",
                         help="the controller's MIDI port: its name, a part of it, or a regex (see `neuraldx7 "
                              "ports`; default: none, connect to our `control` port by hand)")
     parser.add_argument("--synth", metavar="PORT",
                         help="the synth's MIDI port, the same way (default: none, connect our `synth` port by hand)")
-    backend_args(parser)
-    parser.add_argument("--channel", type=int, default=1, choices=range(1, 17), metavar="1-16",
-                        help="MIDI channel written in the SysEx (default: 1)")
+    add_arguments(parser, (*MIDI_BACKEND, CHANNEL))
     fixed = parser.add_mutually_exclusive_group()
     fixed.add_argument("--cc", type=_ccs, metavar="N,N,...",
                        help="CC numbers for latent dimensions 1, 2, ... (default: the first ones to arrive)")

@@ -4,7 +4,7 @@ cannot drift. Also the registry of the subcommands (`command`). Imports nothing 
 import sys
 from typing import Any, Callable, NamedTuple
 
-from neuraldx7_jax.config import HEARTBEAT_S, NEW_VOICE_TEMPERATURE, PRIORS
+from neuraldx7_jax.config import HEARTBEAT_S, MIDI_BACKENDS, NEW_VOICE_TEMPERATURE, PRIORS
 from neuraldx7_jax.errors import Error
 
 
@@ -105,10 +105,10 @@ def command(name, help):
 
 def subcommand(name, help, description, options):
     """Registers the subcommand `name` whose options are the table `options`, handled by the
-    decorated `run(args)`."""
+    decorated `run(args)`; its --help says `description`, or `help` when that is None."""
     def register(run):
         def setup(parser):
-            parser.description = description
+            parser.description = description or help
             add_arguments(parser, options)
             return run
         COMMANDS.append(Command(name, help, setup))
@@ -131,6 +131,21 @@ TEMPERATURE = Option("temperature", float, NEW_VOICE_TEMPERATURE, "values are sa
 BATCH = Option("batch", int, None, "voices per device call (default: 256 on CPU, 4096 on GPU/TPU); "
                "results do not depend on it")
 JSON = Option("json", bool, help="print the figures as JSON")
+SET = Option("set", list, [], "change a config field as SECTION.FIELD=VALUE, e.g. model.features=256, "
+             "train.masked_ce=true or model.compute_dtype=bfloat16 (repeatable)", metavar="SECTION.FIELD=VALUE")
+DX7_FILE = Option("file", positional=True, metavar="FILE",
+                  help="a .syx file, a headerless 4096-byte bank or a compact .bin")
+SYX_OUT = Option("out", required=True, help="the .syx file to write")
+CARTRIDGES = Option("count", int, 1, "number of cartridges (default: 1)")
+MIDI_BACKEND = (  # the MIDI commands: ports, send, live
+    Option("backend", str, None, "jack: a JACK client; rtmidi: the system's MIDI through rtmidi (ALSA, CoreMIDI, "
+           "Windows MM, or the API --rtmidi-api names) (default: jack when a JACK server is running, else rtmidi)",
+           MIDI_BACKENDS),
+    Option("rtmidi_api", help="rtmidi's API: jack, alsa, core or winmm (default: rtmidi's own for the system)",
+           metavar="API"),
+)
+CHANNEL = Option("channel", int, 1, "MIDI channel written in the SysEx (default: 1)", tuple(range(1, 17)),
+                 metavar="1-16")
 PROCESSES = (  # a multi-process run: every process is started with the same options but --process-id
     Option("distributed", bool, False, "join a multi-process run as JAX detects it (SLURM, Open MPI, Cloud TPU, "
            "Kubernetes)"),

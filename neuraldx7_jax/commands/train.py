@@ -2,7 +2,7 @@
 import json
 import sys
 
-from neuraldx7_jax.commands.options import PROCESSES, Option, processes, subcommand
+from neuraldx7_jax.commands.options import PROCESSES, SET, Option, processes, subcommand
 from neuraldx7_jax.config import CHECKPOINT_EVERY, EVAL_EVERY, KEEP, LOG_EVERY, PRESETS
 
 
@@ -19,8 +19,7 @@ OPTIONS = (
     Option("warmup_steps", int, None, "linear learning-rate warm-up steps"),
     Option("lr_schedule", str, None, "learning-rate schedule", ("constant", "cosine")),
     Option("decay_steps", int, None, "length of the cosine schedule in steps; a larger value on resuming lengthens it (a warm restart)"),
-    Option("set", list, [], "any other config field as SECTION.FIELD=VALUE, e.g. model.features=256 "
-           "or train.masked_ce=true (repeatable)", metavar="SECTION.FIELD=VALUE"),
+    SET,
     Option("init_from", str, None, "start a new run from the parameters of this trained model (a "
            "checkpoint directory, or 'bundled'), with a fresh optimizer and schedules; its model "
            "config must be this run's"),
