@@ -341,6 +341,19 @@ def mixture_prior(model):
     return weights / weights.sum(), means, np.tril(chols)
 
 
+def posterior_latents(model):
+    """(n, Z) float64 training latents stored with the model (in training.npz) for the posterior
+    prior (`priors.posterior_prior`), or None."""
+    facts = model.training or {}
+    if "prior_latents" not in facts:
+        return None
+    z = np.asarray(facts["prior_latents"], np.float64)
+    if z.ndim != 2 or z.shape[1] != model.config.model.latent or not len(z) or not np.all(np.isfinite(z)):
+        raise Error(f"{training_path(model.path)}: the posterior prior needs n x {model.config.model.latent} "
+                    f"finite latents, not {z.shape}; run `neuraldx7 features` again")
+    return z
+
+
 def bundle(workdir, out=BUNDLED):
     """Makes the model in `workdir` the bundled one: its last checkpoint's parameters and meta (no
     optimizer state; the dataset's and `init_from`'s paths cut to their last part, so no machine

@@ -26,7 +26,7 @@ LATENT_SPAN = 3.0
 HEARTBEAT_S = 100
 SEEDS = 2 ** 32  # a seed is in 0..SEEDS-1, what a JAX key holds (larger ones used to wrap around)
 # The priors latents can be drawn from by name (`priors.prior_of`, --prior).
-PRIORS = ("mixture", "gaussian", "standard")
+PRIORS = ("posterior", "mixture", "gaussian", "standard")
 # `variations --redraw` draws at most this many times the count (`sample.variations`).
 REDRAW_FACTOR = 16
 # The MIDI backends of live control, ports and send (`midi.BACKENDS`, --backend).

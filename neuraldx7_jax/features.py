@@ -1,7 +1,8 @@
 """What a model needs of its data, fitted after training: the latent summary (each dimension's
-mean and std over the dataset, live control's ranges), the priors fitted to the training
-latents (`priors.fit_mixture`, generation's default, and `priors.fit_prior`) and the training
-facts (`data.training_facts`), stored beside its checkpoints.
+mean and std over the dataset, live control's ranges), the training latents themselves (the
+posterior prior, generation's default, `priors.posterior_prior`), the priors fitted to them
+(`priors.fit_mixture`, `priors.fit_prior`) and the training facts (`data.training_facts`), stored
+beside its checkpoints.
 """
 import io
 from pathlib import Path
@@ -25,7 +26,8 @@ def compute(model, voices, *, batch=None):
 def write(checkpoint, data=None, *, out=None, batch=None):
     """What a model needs of its data, stored beside its checkpoints: features.json (the
     per-dimension mean and std of every voice's zk, for live control's ranges; the fitted
-    Gaussian) and training.npz (`training_facts` and the mixture prior, `checkpoint.mixture_prior`). The training voices are the `train` split of a dataset
+    Gaussian) and training.npz (`training_facts`, the training latents of the posterior prior,
+    `checkpoint.posterior_latents`, and the mixture prior, `checkpoint.mixture_prior`). The training voices are the `train` split of a dataset
     .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
     summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
     The model is `checkpoint_lib.load(checkpoint)`; `checkpoint` must name a work directory (the
@@ -52,7 +54,7 @@ def write(checkpoint, data=None, *, out=None, batch=None):
     summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,
                    count=len(voices), prior=dict(mean=prior.means[0].tolist(), cov=(chol @ chol.T).tolist(),
                                                  voices=len(training), draws=priors.PRIOR_DRAWS))
-    facts = dict(data_lib.training_facts(training), prior_weights=mixture.weights, prior_means=mixture.means,
+    facts = dict(data_lib.training_facts(training), prior_latents=z.astype(np.float32), prior_weights=mixture.weights, prior_means=mixture.means,
                  prior_chols=mixture.chols)
     checkpoint_lib.write_features(model, summary, facts)
     return summary

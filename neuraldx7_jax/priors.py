@@ -1,7 +1,7 @@
-"""Where latents are drawn: N(0, I) (`standard`, the original's prior), the priors fitted to a
-model's training latents and stored with it (`mixture`, the default: a Gaussian mixture that
-follows the aggregate posterior; `gaussian`: one Gaussian over them) and the density of given
-voices (`like`). Samplers (`sample`) draw from a `Prior`; the latents to fit one to come from
+"""Where latents are drawn: N(0, I) (`standard`, the original's prior), the priors made from a
+model's training latents and stored with it (`posterior`, the default: the aggregate posterior
+itself, a narrow Gaussian around each training voice's latent; `mixture`: a Gaussian mixture
+fitted to them; `gaussian`: one Gaussian over them) and the density of given voices (`like`). Samplers (`sample`) draw from a `Prior`; the latents to fit one to come from
 `sample.training_latents` (`sample` imports this module, not the reverse).
 """
 from typing import NamedTuple
@@ -15,15 +15,19 @@ from neuraldx7_jax.errors import Error
 
 class Prior(NamedTuple):
     """A Gaussian mixture over the decoder's latent z_K: component c with probability weights[c],
-    z = means[c] + chols[c] @ eps with eps ~ N(0, I). One component: a Gaussian (`gaussian`)."""
+    z = means[c] + chols[c] @ eps with eps ~ N(0, I) (chols[0] for every c when one factor is
+    shared). One component: a Gaussian (`gaussian`)."""
     weights: np.ndarray  # (K,), summing to 1
     means: np.ndarray  # (K, Z)
-    chols: np.ndarray  # (K, Z, Z) lower-triangular: component c's covariance is chols[c] @ chols[c].T
-    name: str  # "mixture", "gaussian" (fitted to the training set's latents), "standard" (N(0, I)) or "like"
+    chols: np.ndarray  # (K, Z, Z) or (1, Z, Z) shared, lower-triangular: component c's covariance is chols[c] @ chols[c].T
+    name: str  # "posterior", "mixture", "gaussian" (from the training set's latents), "standard" (N(0, I)) or "like"
 
 
 PRIOR_DRAWS = 1  # posterior draws per training voice that the stored priors are fitted to
 MIXTURE_COMPONENTS = 128  # components of the stored mixture prior
+# The posterior prior's std around each training latent, as a share of each dimension's std over
+# them: 0.1 and 0 drew equally real voices (MODEL_CARD.md); 0.1 keeps it a density with no gaps.
+POSTERIOR_BANDWIDTH = 0.1
 LIKE_FLOOR = 0.2  # smallest std of a --like density along any direction (latent units)
 LIKE_DRAWS = 16  # posterior draws per voice for a --like density
 
@@ -44,6 +48,15 @@ def fit_prior(z, *, floor=0.0, name="gaussian"):
     z = _latents(z)
     cov = np.cov(z, rowvar=False).reshape(z.shape[1], z.shape[1]) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
     return gaussian(z.mean(0), np.linalg.cholesky(cov + (floor ** 2 + 1e-9) * np.eye(z.shape[1])), name)
+
+
+def posterior_prior(z, bandwidth=POSTERIOR_BANDWIDTH):
+    """The aggregate posterior: latents `z` (n, Z) (one flowed posterior draw of each training
+    voice) with equal weights, each blurred by a Gaussian of `bandwidth` times each dimension's std
+    over them (a kernel density; one factor shared by all n components)."""
+    z = _latents(z)
+    chol = np.diag(np.maximum(bandwidth * z.std(0), 1e-6))[None]
+    return Prior(np.full(len(z), 1.0 / len(z), np.float32), z.astype(np.float32), chol.astype(np.float32), "posterior")
 
 
 def _latents(z):
@@ -92,24 +105,27 @@ def fit_mixture(z, components=MIXTURE_COMPONENTS, *, seed=0, iterations=200, tol
 
 
 def prior_of(model, prior=None):
-    """The Prior to sample `model` from: a Prior itself, "standard" (N(0, I)), "gaussian" or
-    "mixture" (fitted to the training set's latents and stored with the model), or None: the
-    mixture when the model has one, else the Gaussian when it has one, else N(0, I)."""
+    """The Prior to sample `model` from: a Prior itself, "standard" (N(0, I)), or one stored with
+    the model ("posterior", "mixture", "gaussian"; `neuraldx7 features` stores them), or None: the
+    first of those the model has, else N(0, I)."""
     if isinstance(prior, Prior):
         return prior
     if prior not in (None, *PRIORS):
         raise Error(f"unknown prior {prior!r}; choose one of {', '.join(PRIORS)}")
-    mixture, fitted = checkpoint_lib.mixture_prior(model), checkpoint_lib.fitted_prior(model)
+    stored = dict(posterior=checkpoint_lib.posterior_latents(model), mixture=checkpoint_lib.mixture_prior(model),
+                  gaussian=checkpoint_lib.fitted_prior(model))
     if prior is None:
-        prior = "mixture" if mixture is not None else "gaussian" if fitted is not None else "standard"
+        prior = next((name for name, found in stored.items() if found is not None), "standard")
     if prior == "standard":
         return standard_prior(model.config.model.latent)
-    if (mixture if prior == "mixture" else fitted) is None:
+    if stored[prior] is None:
         raise Error(f"the model in {model.path} has no {prior} prior; run `neuraldx7 features "
                     f"--checkpoint {model.path}` (or use --prior standard)")
+    if prior == "posterior":
+        return posterior_prior(stored[prior])
     if prior == "mixture":
-        return Prior(*(a.astype(np.float32) for a in mixture), "mixture")
-    mean, cov = fitted
+        return Prior(*(a.astype(np.float32) for a in stored[prior]), "mixture")
+    mean, cov = stored[prior]
     try:
         chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:

@@ -147,16 +147,18 @@ def _decode_voices(model_cfg, params, z_BxZ, value_key, first_block, temperature
 
 @functools.lru_cache(maxsize=None)
 def _prior_fn(model_cfg, rows, greedy):
-    """Jitted `(params, log_w, means, chols, latent_key, value_key, first_block, temperature) -> (z,
-    voices)` for `rows` samples z = means[c] + chols[c] @ eps of a mixture (`priors.Prior`), the
-    component c drawn from its own noise (one component: the eps alone decide); `greedy`
+    """Jitted `(params, cdf, means, chols, latent_key, value_key, first_block, temperature) -> (z,
+    voices)` for `rows` samples z = means[c] + chols[c] @ eps of a mixture (`priors.Prior`; `cdf`:
+    its cumulative weights), the component c drawn from its own uniform noise by inverting the CDF
+    (one log K search per row, whatever K; one component: the eps alone decide); `greedy`
     (temperature 0) takes the argmax."""
-    def fn(params, log_w, means, chols, latent_key, value_key, first_block, temperature):
+    def fn(params, cdf, means, chols, latent_key, value_key, first_block, temperature):
         eps = _block_noise(latent_key, first_block, rows // BLOCK,
                            lambda k: jax.random.normal(k, (BLOCK, model_cfg.latent)))
-        c = _block_noise(jax.random.split(latent_key)[0], first_block, rows // BLOCK,
-                         lambda k: jax.random.categorical(k, log_w, shape=(BLOCK,)))
-        z = means[c] + jnp.einsum("bj,bij->bi", eps, chols[c])
+        u = _block_noise(jax.random.split(latent_key)[0], first_block, rows // BLOCK,
+                         lambda k: jax.random.uniform(k, (BLOCK,)))
+        c = jnp.minimum(jnp.searchsorted(cdf, u * cdf[-1], side="right"), cdf.shape[0] - 1)
+        z = means[c] + jnp.einsum("bj,bij->bi", eps, chols[c % chols.shape[0]])
         z = jax.lax.with_sharding_constraint(z, devices.shardings()[0])  # (rows, Z)
         return z, _decode_voices(model_cfg, params, z, value_key, first_block, temperature, greedy)
     return jax.jit(fn)
@@ -226,7 +228,7 @@ def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, la
                         endless=False, first_block=0):
     """Yields `count` voices z ~ prior -> decoder, as (<= batch, 155) uint8 chunks (with `latents`,
     (z, voices) pairs); `endless` goes on past `count` (then only the call size). `prior`: see
-    `priors.prior_of` (default: the mixture prior when the model has one). temperature 0 is argmax, else
+    `priors.prior_of` (default: the posterior prior when the model has one). temperature 0 is argmax, else
     softmax(logits / temperature). The same eps noise under every prior: z = mean + chol @ eps
     (of the drawn component, for a mixture). `first_block` starts the stream at row BLOCK *
     first_block of the seed's (a process's share)."""
@@ -235,7 +237,7 @@ def sample_prior_chunks(model, count, *, temperature=0.0, seed=0, batch=None, la
     rows = _rows_per_call(count, batch)
     fn = _prior_fn(model.config.model, rows, temperature == 0)
     params, keys, t = _replicated(model.params), _key_streams(seed), jnp.float32(temperature)
-    mixture = (np.log(prior.weights), prior.means, prior.chols)
+    mixture = (np.cumsum(prior.weights, dtype=np.float64), prior.means, prior.chols)
     run = functools.partial(fn, params, *(jax.device_put(jnp.asarray(a, jnp.float32), devices.shardings()[1])
                                           for a in mixture), keys["latent"], keys["value"])
     for z, voices in _stream(lambda s: run(first_block + s // BLOCK, t), 1 << 62 if endless else count, rows):

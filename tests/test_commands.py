@@ -126,9 +126,11 @@ def test_features(trained, tmp_path, capsys):
     assert model.features == summary
     latent = config.test().model.latent
     prior, gauss = priors.prior_of(model), priors.prior_of(model, "gaussian")
-    assert prior.name == "mixture" and prior.means.shape[1:] == (latent,) and prior.chols.shape[1:] == (latent, latent)
-    assert gauss.means.shape == (1, latent) and np.allclose(gauss.chols[0] @ gauss.chols[0].T, summary["prior"]["cov"])
     train_voices = data.load_dataset(dataset)["train"]
+    assert prior.name == "posterior" and prior.means.shape == (len(train_voices), latent)  # one latent per training voice
+    mixture = priors.prior_of(model, "mixture")
+    assert mixture.means.shape[1:] == (latent,) and mixture.chols.shape[1:] == (latent, latent)
+    assert gauss.means.shape == (1, latent) and np.allclose(gauss.chols[0] @ gauss.chols[0].T, summary["prior"]["cov"])
     np.testing.assert_array_equal(model.training["value_counts"], data.value_counts(train_voices))
     assert len(model.training["voice_keys"]) == len(np.unique(train_voices[:, dx7.NON_NAME], axis=0))
     feats = np.load(tmp_path / "f.npz")

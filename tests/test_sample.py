@@ -156,6 +156,24 @@ def test_the_fitted_prior_moves_and_shapes_the_same_noise(model):
         priors.prior_of(both._replace(training=dict(both.training, prior_weights=np.array([0.5, 0.1]))))
 
 
+def test_the_posterior_prior_draws_near_the_stored_training_latents(model):
+    """Stored training latents are the default prior: each draw is one of them, picked uniformly,
+    plus POSTERIOR_BANDWIDTH times their std in each dimension times the same eps as N(0, I)'s."""
+    latent = model.config.model.latent
+    stored = np.stack([np.full(latent, -5.0), np.zeros(latent), np.full(latent, 5.0)])
+    post = model._replace(training=dict(prior_latents=stored))
+    z, _ = next(sample.sample_prior_chunks(post, 1024, seed=3, latents=True, batch=1024))
+    eps, _ = next(sample.sample_prior_chunks(model, 1024, seed=3, latents=True, batch=1024))
+    c = np.argmin(((z[:, None] - stored[None]) ** 2).sum(-1), 1)
+    np.testing.assert_allclose(z, stored[c] + priors.POSTERIOR_BANDWIDTH * stored.std(0) * eps, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.bincount(c, minlength=3) / len(c), [1 / 3] * 3, atol=0.05)
+    assert priors.prior_of(post).name == "posterior"
+    with pytest.raises(Error, match="no mixture prior"):
+        priors.prior_of(post, "mixture")
+    with pytest.raises(Error, match="training.npz: the posterior prior needs"):
+        priors.prior_of(post._replace(training=dict(prior_latents=stored[:, :2])))
+
+
 def test_fit_prior_recovers_a_gaussian_and_floors_one_point():
     rng = np.random.default_rng(0)
     chol = np.array([[1.0, 0.0], [0.8, 0.5]])

@@ -186,7 +186,7 @@ def test_the_command_says_it_compiles_and_a_finished_run_says_so(dataset, tmp_pa
     rates = [r["steps_per_s"] for r in records if r["split"] == "train"]
     assert rates[0] is None and all(r > 0 for r in rates[1:])  # the compilation is in none of them
     model = checkpoint.load(tmp_path)  # the command stored the fitted priors and the training facts
-    assert priors.prior_of(model).name == "mixture" and model.training["count"] == len(data.load_dataset(dataset)["train"])
+    assert priors.prior_of(model).name == "posterior" and model.training["count"] == len(data.load_dataset(dataset)["train"])
     assert cli.main(common) == 0
     out = capsys.readouterr()
     assert out.out == "" and "already at step 3 (--steps 3): nothing to train" in out.err

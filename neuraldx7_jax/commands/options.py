@@ -122,9 +122,10 @@ SEED = Option("seed", int, 0, "random seed in 0..4294967295 (2^32 - 1); the same
 AUDIO = Option("audio", int, None, "also render N voices (default 1024) at C4 through Dexed and report the "
                "audible fraction (RMS above -60 dBFS), beside the training data's; needs the audio extra",
                const=1024, metavar="N")
-PRIOR = Option("prior", str, None, "where latents are drawn: 'mixture', a Gaussian mixture fitted to the "
-               "training set's latents (the default when the model has one), 'gaussian', one Gaussian "
-               "fitted to them (the default before), or 'standard', N(0, I) as the original did", choices=PRIORS)
+PRIOR = Option("prior", str, None, "where latents are drawn: 'posterior', near the latent of a random "
+               "training voice (the default when the model has them), 'mixture', a Gaussian mixture fitted "
+               "to those latents, 'gaussian', one Gaussian fitted to them, or 'standard', N(0, I) as the "
+               "original did", choices=PRIORS)
 TEMPERATURE = Option("temperature", float, NEW_VOICE_TEMPERATURE, "values are sampled from "
                      "softmax(logits / T) (default: 1, the model's own distribution); 0 takes the most "
                      "likely value of each parameter, as the original did")
