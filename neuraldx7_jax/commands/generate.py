@@ -29,9 +29,9 @@ def _counts(reasons):
 
 
 @subcommand("generate", "Sample new 32-voice cartridges from the model.", (
-    "Sample voices and write them as 32-voice cartridges. Latents are drawn from the mixture prior "
-    "(a Gaussian mixture fitted to the training voices' latents), or one Gaussian fitted to them "
-    "with --prior gaussian, or N(0, I) with --prior standard, or near the "
+    "Sample voices and write them as 32-voice cartridges. Latents are drawn from the posterior prior "
+    "(near the stored latent of a random training voice), or from a Gaussian mixture or one Gaussian "
+    "fitted to those latents with --prior mixture or gaussian, or N(0, I) with --prior standard, or near the "
     "voices you point at with --like. A candidate voice is redrawn when its estimated loudness at "
     "C4 is silent (a parameter-only estimate, see `neuraldx7 evaluate`), when it repeats an "
     "earlier voice, or when it copies a training voice; names come from the model and a "
@@ -158,7 +158,8 @@ FEATURES = (
     "and the per-dimension mean and std of zk to an .npz (--out). Beside the checkpoints it "
     "stores features.json (that summary, where live control and the page find their ranges, and "
     "the Gaussian prior fitted to posterior draws of the training voices' latents) and "
-    "training.npz (the mixture prior fitted to the same draws, which generation samples from; "
+    "training.npz (the same draws, the posterior prior generation samples from, and the mixture "
+    "prior fitted to them; "
     "the training set's value counts for the evaluation baseline, keys of its voices so that "
     "generation can reject copies, and its name statistics; no voice itself). Training runs this at its end."), FEATURES)
 def features(a):
