@@ -27,8 +27,8 @@ def write(checkpoint, data=None, *, out=None, batch=None):
     """What a model needs of its data, stored beside its checkpoints: features.json (the
     per-dimension mean and std of every voice's zk, for live control's ranges; the fitted
     Gaussian) and training.npz (`training_facts`, the training latents of the posterior prior,
-    `checkpoint.posterior_latents`, and the mixture prior, `checkpoint.mixture_prior`). The training voices are the `train` split of a dataset
-    .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
+    `checkpoint.posterior_latents`, and the mixture prior, `checkpoint.mixture_prior`). The
+    training voices are the `train` split of a dataset .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
     summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
     The model is `checkpoint_lib.load(checkpoint)`; `checkpoint` must name a work directory (the
     bundled model is read-only)."""
@@ -54,7 +54,7 @@ def write(checkpoint, data=None, *, out=None, batch=None):
     summary = dict(mean=feats["mean"].tolist(), std=feats["std"].tolist(), dataset=Path(data).name,
                    count=len(voices), prior=dict(mean=prior.means[0].tolist(), cov=(chol @ chol.T).tolist(),
                                                  voices=len(training), draws=priors.PRIOR_DRAWS))
-    facts = dict(data_lib.training_facts(training), prior_latents=z.astype(np.float32), prior_weights=mixture.weights, prior_means=mixture.means,
-                 prior_chols=mixture.chols)
+    facts = dict(data_lib.training_facts(training), prior_latents=z.astype(np.float32),
+                 prior_weights=mixture.weights, prior_means=mixture.means, prior_chols=mixture.chols)
     checkpoint_lib.write_features(model, summary, facts)
     return summary

@@ -1,7 +1,8 @@
 """Where latents are drawn: N(0, I) (`standard`, the original's prior), the priors made from a
 model's training latents and stored with it (`posterior`, the default: the aggregate posterior
 itself, a narrow Gaussian around each training voice's latent; `mixture`: a Gaussian mixture
-fitted to them; `gaussian`: one Gaussian over them) and the density of given voices (`like`). Samplers (`sample`) draw from a `Prior`; the latents to fit one to come from
+fitted to them; `gaussian`: one Gaussian over them) and the density of given voices (`like`).
+Samplers (`sample`) draw from a `Prior`; the latents to fit one to come from
 `sample.training_latents` (`sample` imports this module, not the reverse).
 """
 from typing import NamedTuple
@@ -19,7 +20,7 @@ class Prior(NamedTuple):
     shared). One component: a Gaussian (`gaussian`)."""
     weights: np.ndarray  # (K,), summing to 1
     means: np.ndarray  # (K, Z)
-    chols: np.ndarray  # (K, Z, Z) or (1, Z, Z) shared, lower-triangular: component c's covariance is chols[c] @ chols[c].T
+    chols: np.ndarray  # (K, Z, Z), or (1, Z, Z) shared; lower-triangular: covariance chols[c] @ chols[c].T
     name: str  # "posterior", "mixture", "gaussian" (from the training set's latents), "standard" (N(0, I)) or "like"
 
 
@@ -56,7 +57,8 @@ def posterior_prior(z, bandwidth=POSTERIOR_BANDWIDTH):
     over them (a kernel density; one factor shared by all n components)."""
     z = _latents(z)
     chol = np.diag(np.maximum(bandwidth * z.std(0), 1e-6))[None]
-    return Prior(np.full(len(z), 1.0 / len(z), np.float32), z.astype(np.float32), chol.astype(np.float32), "posterior")
+    return Prior(np.full(len(z), 1.0 / len(z), np.float32), z.astype(np.float32), chol.astype(np.float32),
+                 "posterior")
 
 
 def _latents(z):

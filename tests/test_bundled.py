@@ -22,7 +22,8 @@ def test_bundled_model_is_the_bundled_preset_with_a_features_summary():
 
 def test_bundled_model_ships_its_prior_and_training_facts_and_no_machine_path():
     model = checkpoint.load()
-    assert [priors.prior_of(model, name).name for name in (None, "mixture", "gaussian")] == ["posterior", "mixture", "gaussian"]
+    names = [priors.prior_of(model, name).name for name in (None, "mixture", "gaussian")]
+    assert names == ["posterior", "mixture", "gaussian"]
     assert model.training["value_counts"].sum() == dx7.N_PARAMS * int(model.training["count"])
     assert "/" not in (model.meta.dataset.path or "") and "/" not in model.features["dataset"]
 

@@ -127,7 +127,7 @@ def test_features(trained, tmp_path, capsys):
     latent = config.test().model.latent
     prior, gauss = priors.prior_of(model), priors.prior_of(model, "gaussian")
     train_voices = data.load_dataset(dataset)["train"]
-    assert prior.name == "posterior" and prior.means.shape == (len(train_voices), latent)  # one latent per training voice
+    assert prior.name == "posterior" and prior.means.shape == (len(train_voices), latent)  # one per training voice
     mixture = priors.prior_of(model, "mixture")
     assert mixture.means.shape[1:] == (latent,) and mixture.chols.shape[1:] == (latent, latent)
     assert gauss.means.shape == (1, latent) and np.allclose(gauss.chols[0] @ gauss.chols[0].T, summary["prior"]["cov"])
