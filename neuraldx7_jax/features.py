@@ -28,8 +28,9 @@ def write(checkpoint, data=None, *, out=None, batch=None):
     per-dimension mean and std of every voice's zk, for live control's ranges; the fitted
     Gaussian) and training.npz (`training_facts`, the training latents of the posterior prior,
     `checkpoint.posterior_latents`, and the mixture prior, `checkpoint.mixture_prior`). The
-    training voices are the `train` split of a dataset .npz (`data`, default: the checkpoint's dataset) or all voices of a DX7 file; the
-    summary covers both splits. `out` (optional) gets the per-voice arrays. Returns the summary.
+    training voices are the `train` split of a dataset .npz (`data`, default: the checkpoint's
+    dataset) or all voices of a DX7 file; the summary covers both splits. `out` (optional) gets
+    the per-voice arrays. Returns the summary.
     The model is `checkpoint_lib.load(checkpoint)`; `checkpoint` must name a work directory (the
     bundled model is read-only)."""
     checkpoint_lib.check_writable(checkpoint)
