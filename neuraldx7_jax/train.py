@@ -169,6 +169,9 @@ def make_train_step(cfg, mesh):
                    out_shardings=(replicated, replicated))
 
 
+FEW_HIDDEN = 10  # values hidden per voice for the masked decoder's `ce_few_hidden`
+
+
 @functools.lru_cache(maxsize=None)
 def make_eval_step(model_cfg):
     """Jitted `(params, x, eps) -> per-voice terms` plus argmax accuracy of the posterior mean.
@@ -191,9 +194,6 @@ def make_eval_step(model_cfg):
         return terms
 
     return eval_step
-
-
-FEW_HIDDEN = 10  # values hidden per voice for the masked decoder's `ce_few_hidden`
 
 
 def evaluate(model_cfg, params, voices, *, seed=0, batch_size=256):
@@ -232,7 +232,7 @@ def resolve_config(workdir, preset=None, overrides=(), **train_fields):
 def run(*, data, workdir, steps, config=None, overrides=(), seed=0,
         checkpoint_every=config_lib.CHECKPOINT_EVERY, keep=config_lib.KEEP, eval_every=config_lib.EVAL_EVERY,
         log_every=config_lib.LOG_EVERY, init_from=None, distributed=False, coordinator=None, num_processes=None,
-        process_id=None, heartbeat_s=devices.HEARTBEAT_S, progress=True, announce=None, **train_fields):
+        process_id=None, heartbeat_s=config_lib.HEARTBEAT_S, progress=True, announce=None, **train_fields):
     """What `neuraldx7 train` does: `resolve_config(workdir, config, overrides, **train_fields)`,
     `train_and_evaluate`, then what sampling needs of the data stored beside the checkpoints
     (`features.write`: the fitted priors, the training facts; by process 0). A multi-process run
