@@ -10,6 +10,7 @@ bundled model is such a folder inside the package. Everything else asks this mod
 import dataclasses
 import io
 import json
+import logging
 import shutil
 import sys
 import zipfile
@@ -177,8 +178,9 @@ def _drop_closed_loop_noise():
     """orbax reads a checkpoint's arrays concurrently. When one read fails it closes its event loop
     while TensorStore's other reads still run; each of those then reports `RuntimeError: Event loop
     is closed` as an unraisable error, and a read whose failure nobody awaited reports it from its
-    orbax coroutine: dozens of tracebacks around the one-line error. They say nothing the error
-    does not: this process drops them (other unraisable errors still print)."""
+    orbax coroutine, or through asyncio's logger ("Task exception was never retrieved"): dozens of
+    tracebacks around the one-line error. They say nothing the error does not: this process drops
+    them (other unraisable errors and asyncio's other messages still print)."""
     if getattr(sys.unraisablehook, "drops_closed_loop", False):
         return
     previous = sys.unraisablehook
@@ -190,6 +192,22 @@ def _drop_closed_loop_noise():
             previous(unraisable)
     hook.drops_closed_loop = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_orbax_read_left_unawaited)
+
+
+def _orbax_read_left_unawaited(record):
+    """False (drop it) for asyncio's report of a failed orbax read nobody awaited."""
+    if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+        return True
+    e = record.exc_info[1]
+    while e is not None:
+        tb = e.__traceback__
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return True
 
 
 def _reason(e):
