@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import sys
+import traceback
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -199,22 +200,21 @@ def _orbax_read_left_unawaited(record):
     """False (drop it) for asyncio's report of a failed orbax read nobody awaited."""
     if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
         return True
-    e = record.exc_info[1]
+    return not any("orbax" in frame.f_code.co_filename
+                   for e in _causes(record.exc_info[1]) for frame, _ in traceback.walk_tb(e.__traceback__))
+
+
+def _causes(e):
+    """`e`, then what caused it, and so on to the innermost cause."""
     while e is not None:
-        tb = e.__traceback__
-        while tb is not None:
-            if "orbax" in tb.tb_frame.f_code.co_filename:
-                return False
-            tb = tb.tb_next
-        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-    return True
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def _reason(e):
     """The first line of the innermost cause of `e`: TensorStore's reason (`OUT_OF_RANGE: ...`),
     not orbax's wrapper around it."""
-    while (e.__cause__ or e.__context__) is not None:
-        e = e.__cause__ or e.__context__
+    *_, e = _causes(e)
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:600]}"
 
 
